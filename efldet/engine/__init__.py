@@ -1,0 +1,1 @@
+"""Training engine: loop, optimiser and schedules, checkpoints, distributed helpers, logging."""

@@ -1,0 +1,1 @@
+"""Integrations: EFL inside other frameworks' detectors."""
