@@ -35,9 +35,268 @@ def _run_plot_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- info
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="print a detector's architecture summary, parameter count and FLOPs estimate",
+        description="Build the detector a YAML file describes (keys: the fields of "
+        "efldet.models.DetectorConfig; no file = the paper's improved baseline, ATSS-IoU R-50-FPN, LVIS) "
+        "without loading weights, and print its components, parameters and FLOPs of one forward of "
+        "backbone + neck + head (torch.utils.flop_counter; assignment, losses, NMS not counted).",
+    )
+    p.add_argument("config", nargs="?", default=None, help="detector YAML file (default: improved baseline)")
+    p.add_argument("--input-size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
+                   help="input image size for the FLOPs estimate (default 800 1333)")
+    p.add_argument("--json", action="store_true", help="print one json object (params, flops, ...) instead")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from efldet.models import DetectorConfig, load_detector_config
+    from efldet.models.summary import detector_summary
+
+    height, width = args.input_size
+    if height < 32 or width < 32:
+        raise UserInputError(f"--input-size {height} {width}: both sides must be at least 32 pixels")
+    cfg = load_detector_config(args.config) if args.config else DetectorConfig()
+    info = detector_summary(cfg, (height, width))
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"detector      {info['name']}  ({info['num_classes']} classes, {info['priors_per_location']} "
+          f"priors per location, quality branch: {info['quality']}, loss: {info['cls_loss']})")
+    for name, part in info["components"].items():
+        print(f"  {name:<11} {part['class']:<14} {part['params'] / 1e6:9.3f} M parameters "
+              f"({part['trainable_params'] / 1e6:.3f} M trainable)")
+    print(f"parameters    {info['params']:,} ({info['trainable_params']:,} trainable)")
+    print(f"FLOPs         {info['flops'] / 1e9:.1f} G at {height} x {width} (backbone + neck + head, "
+          "2 FLOPs per multiply-add)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- data
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from efldet.data.synthetic import (  # numpy + PIL only: keeps `efldet --help` fast
+        DEFAULT_CLASSES,
+        DEFAULT_IMAGE_SIZE,
+        DEFAULT_TRAIN_IMAGES,
+        DEFAULT_VAL_IMAGES,
+        MAX_CLASSES,
+    )
+
+    p = sub.add_parser("data", help="make the synthetic long-tailed dataset, or describe an annotation file",
+                       description="Data tools: `synth` writes the synthetic long-tailed benchmark, `stats` "
+                       "describes a COCO/LVIS annotation file.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    s = data_sub.add_parser(
+        "synth", help="write the synthetic long-tailed detection benchmark (PNG images + LVIS-format json)",
+        description="Write DIR/train.json, DIR/val.json and DIR/images/: drawn shapes whose category is a "
+        "combination of shape, colour and texture; training image counts per category follow the shape of "
+        "the LVIS v1 distribution, so rare (1-10 images), common (11-100) and frequent (>100) categories all "
+        "exist; every category has at least 5 instances in val. Same seed, same files. Use DIR as the image "
+        "root (file names are relative to it).",
+    )
+    s.add_argument("--out", required=True, metavar="DIR", help="output directory (created if absent)")
+    s.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
+                   help=f"number of categories, 1-{MAX_CLASSES} (default {DEFAULT_CLASSES})")
+    s.add_argument("--train-images", type=int, default=DEFAULT_TRAIN_IMAGES,
+                   help=f"training images (default {DEFAULT_TRAIN_IMAGES}); frequent categories need > 200")
+    s.add_argument("--val-images", type=int, default=DEFAULT_VAL_IMAGES,
+                   help=f"validation images (default {DEFAULT_VAL_IMAGES})")
+    s.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+                   help=f"side of the square images in pixels (default {DEFAULT_IMAGE_SIZE})")
+    s.add_argument("--max-objects", type=int, default=6, help="most objects drawn in one image (default 6)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t = data_sub.add_parser(
+        "stats", help="print images, annotations, categories per frequency group and the RFS epoch length",
+        description="Describe a COCO/LVIS detection json: images, annotations, categories per LVIS "
+        "frequency group (r/c/f, from the file's `frequency` field or, when absent, from its training image "
+        "counts), and the epoch length under repeat factor sampling.",
+    )
+    t.add_argument("annotation_json", help="COCO or LVIS json file (.json or .json.gz)")
+    t.add_argument("--rfs-threshold", type=float, default=0.001, help="RFS threshold t (default 0.001)")
+    t.add_argument("--rfs-power", type=float, default=0.5, help="RFS power (default 0.5)")
+    t.add_argument("--rfs-rounding", choices=("ceil", "stochastic", "floor", "round"), default="ceil",
+                   help="rounding of r_i (default ceil)")
+    t.add_argument("--json", action="store_true", help="print one json object instead")
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        from efldet.data.synthetic import generate
+
+        print(f"writing the synthetic long-tailed benchmark to {args.out} ...", flush=True)
+        summary = generate(args.out, num_classes=args.classes, train_images=args.train_images,
+                           val_images=args.val_images, image_size=args.image_size, seed=args.seed,
+                           max_objects=args.max_objects)
+        g = summary["groups"]
+        print(f"train: {args.out}/train.json ({summary['train']['images']} images, "
+              f"{summary['train']['annotations']} boxes)")
+        print(f"val:   {args.out}/val.json ({summary['val']['images']} images, "
+              f"{summary['val']['annotations']} boxes; every category >= {summary['min_val_instances']} "
+              "instances)")
+        print(f"categories: {args.classes} (rare {g['r']}, common {g['c']}, frequent {g['f']}); image root: "
+              f"{args.out}; {summary['seconds']:.1f} s")
+        missing = [name for name, key in (("rare", "r"), ("common", "c"), ("frequent", "f")) if g[key] == 0]
+        if missing:
+            print(f"note: no {' / '.join(missing)} categories at this size; more --train-images (> 200 for "
+                  "frequent) or --classes bring all three LVIS groups", file=sys.stderr)
+        return 0
+    if args.data_command == "stats":
+        import json
+
+        import numpy as np
+
+        from efldet.data.lvis import LVISIndex
+        from efldet.data.samplers import repeat_factors, round_repeat_factors
+
+        index = LVISIndex.from_json(args.annotation_json)
+        offsets, labels = index.image_labels()
+        factors = repeat_factors(offsets, labels, index.num_classes, args.rfs_threshold, args.rfs_power)
+        if args.rfs_rounding == "stochastic":
+            epoch = float(factors.sum())  # the expectation
+        else:
+            epoch = int(round_repeat_factors(factors, args.rfs_rounding, np.random.default_rng(0)).sum())
+        ann_groups = index.frequency[index.ann_labels]
+        stats = {
+            "file": index.path, "images": len(index),
+            "images_without_boxes": int((np.diff(offsets) == 0).sum()),
+            "annotations": index.num_annotations, "crowd_annotations": int(index.ann_iscrowd.sum()),
+            "skipped_annotations": index.num_skipped_boxes, "categories": index.num_classes,
+            "frequency_source": "file" if index.frequency_from_file else "image counts",
+            "groups": {g: {"categories": int((index.frequency == g).sum()),
+                           "annotations": int((ann_groups == g).sum())} for g in ("r", "c", "f")},
+            "rfs": {"threshold": args.rfs_threshold, "power": args.rfs_power, "rounding": args.rfs_rounding,
+                    "epoch_length": epoch, "max_repeat_factor": float(factors.max(initial=1.0)),
+                    "images_repeated": int((factors > 1.0).sum())},
+        }
+        if args.json:
+            print(json.dumps(stats))
+            return 0
+        n = max(len(index), 1)
+        print(f"file          {stats['file']}")
+        print(f"images        {stats['images']:,} ({stats['images_without_boxes']:,} without boxes)")
+        print(f"annotations   {stats['annotations']:,} ({stats['crowd_annotations']:,} crowd; "
+              f"{stats['skipped_annotations']:,} skipped for a non-positive width or height)")
+        print(f"categories    {stats['categories']:,} "
+              f"(frequency groups from the {stats['frequency_source']})")
+        for name, key in (("rare", "r"), ("common", "c"), ("frequent", "f")):
+            grp = stats["groups"][key]
+            print(f"  {name:<10}  {grp['categories']:>6,} categories {grp['annotations']:>12,} annotations")
+        rfs = stats["rfs"]
+        kind = "expected " if args.rfs_rounding == "stochastic" else ""
+        print(f"RFS           t={rfs['threshold']:g}, power {rfs['power']:g}, rounding {rfs['rounding']}: "
+              f"{kind}epoch length {epoch:,.0f} images ({epoch / n:.2f} x), {rfs['images_repeated']:,} "
+              f"images repeated, max r_i {rfs['max_repeat_factor']:.2f}")
+        return 0
+    raise UserInputError("efldet data needs a subcommand: synth or stats (see efldet data --help)")
+
+
+# ----------------------------------------------------------------------------------------------- analyze
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="the paper's analysis figures (margins, gradient ratios, AP per category) as PNG + CSV",
+        description="Analysis figures, each written as PNG + CSV into --out. Categories are sorted by "
+        "training image count (frequent -> rare) and coloured rare/common/frequent the same way in every "
+        "figure.",
+    )
+    a_sub = p.add_subparsers(dest="analyze_command", metavar="ANALYZE_COMMAND")
+    m = a_sub.add_parser(
+        "margins", help="Fig. 4: per-category margin (mean positive score - mean negative score), 1-2 runs",
+        description="Plot per-category margins from margin CSV files (one per run, written by "
+        "efldet.evaluation.analysis.MarginAccumulator.write_csv), e.g. focal loss vs EFL.",
+    )
+    m.add_argument("--csv", action="append", required=True, metavar="FILE",
+                   help="margins CSV of one run (repeat for a second run)")
+    m.add_argument("--label", action="append", metavar="NAME",
+                   help="run label, one per --csv (default: file name)")
+    m.add_argument("--out", required=True, metavar="DIR", help="output directory (created if absent)")
+    g = a_sub.add_parser(
+        "grad-ratio",
+        help="Fig. 2 style: accumulated positive/negative gradient ratio per category (log scale)",
+        description="Read the pos_grad / neg_grad buffers of the EFL (or EQLv2) loss from a checkpoint and "
+        "plot their ratio per category, coloured by frequency group.",
+    )
+    g.add_argument("--weights", required=True, metavar="CKPT",
+                   help="checkpoint (.pt) of an EFL-trained model")
+    g.add_argument("--ann", metavar="FILE", default=None,
+                   help="training annotation json giving category frequencies (default: the LVIS v1 list)")
+    g.add_argument("--out", required=True, metavar="DIR", help="output directory (created if absent)")
+    ap = a_sub.add_parser(
+        "ap", help="AP per category vs training image count, and APr/APc/APf of several runs side by side",
+        description="From per-category AP CSV files (per_category_ap.csv, written next to an LVIS "
+        "evaluation): a scatter of AP against training image count and bars of AP/APr/APc/APf per run.",
+    )
+    ap.add_argument("--per-category", action="append", required=True, metavar="FILE",
+                    help="per_category_ap.csv of one run (repeat for more runs)")
+    ap.add_argument("--label", action="append", metavar="NAME",
+                    help="run label, one per file (default: folder)")
+    ap.add_argument("--ann", metavar="FILE", default=None,
+                    help="training annotation json whose image counts replace the CSV's (optional)")
+    ap.add_argument("--out", required=True, metavar="DIR", help="output directory (created if absent)")
+
+
+def _labels(files: list[str], labels: list[str] | None, use_parent: bool) -> list[str]:
+    from pathlib import Path
+
+    if labels is None:
+        names = [Path(f).parent.name if use_parent else Path(f).stem for f in files]
+        return names if len(set(names)) == len(names) else [f"run{i + 1}" for i in range(len(files))]
+    if len(labels) != len(files):
+        raise UserInputError(f"give one --label per file: {len(files)} files, {len(labels)} labels")
+    return labels
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from efldet.evaluation import analysis
+
+    if args.analyze_command == "margins":
+        if len(args.csv) > 2:
+            raise UserInputError("efldet analyze margins compares one or two runs; give --csv at most twice")
+        labels = _labels(args.csv, args.label, use_parent=False)
+        runs = {lab: analysis.read_margin_csv(f) for lab, f in zip(labels, args.csv, strict=True)}
+        paths = analysis.plot_margins(runs, args.out)
+    elif args.analyze_command == "grad-ratio":
+        cats = analysis.category_table(args.ann)
+        paths = []
+        for prefix, (pos, neg) in analysis.load_grad_stats(args.weights).items():
+            name = "grad_ratio" if prefix in ("loss", "") else "grad_ratio_" + prefix.replace(".", "_")
+            paths += analysis.plot_gradient_ratio(pos, neg, cats, args.out, name=name,
+                                                  title=f"Positive / negative gradient ratio ({prefix})")
+    elif args.analyze_command == "ap":
+        from efldet.evaluation.report import read_per_category_ap
+
+        labels = _labels(args.per_category, args.label, use_parent=True)
+        runs = {lab: read_per_category_ap(f) for lab, f in zip(labels, args.per_category, strict=True)}
+        if args.ann:
+            counts = {r["category_id"]: r for r in analysis.category_table(args.ann)}
+            for rows in runs.values():
+                for r in rows:
+                    if r["category_id"] in counts:
+                        r["image_count"] = counts[r["category_id"]]["image_count"]
+                        r["frequency"] = counts[r["category_id"]]["frequency"]
+        paths = list(analysis.plot_ap_vs_count(runs, args.out))
+        groups = {lab: analysis.ap_by_frequency(rows) for lab, rows in runs.items()}
+        paths += analysis.plot_ap_by_group(groups, args.out)
+        from efldet.evaluation.report import format_markdown_table
+
+        print(format_markdown_table(groups, ["AP", "APr", "APc", "APf"]), end="")
+    else:
+        raise UserInputError("efldet analyze needs a subcommand: margins, grad-ratio or ap (see --help)")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 _COMMANDS = {
+    "analyze": (_add_analyze, _run_analyze),
+    "data": (_add_data, _run_data),
     "plot-loss": (_add_plot_loss, _run_plot_loss),
+    "info": (_add_info, _run_info),
 }
 
 
