@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from efldet.errors import UserInputError
@@ -51,6 +54,18 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one json object (params, flops, ...) instead")
 
 
+def _is_run_config(path: str) -> bool:
+    """True when the YAML file is a whole run config (top-level `model:` or `base:`), not a detector one."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and ("model" in data or "base" in data)
+
+
 def _run_info(args: argparse.Namespace) -> int:
     import json
 
@@ -60,7 +75,13 @@ def _run_info(args: argparse.Namespace) -> int:
     height, width = args.input_size
     if height < 32 or width < 32:
         raise UserInputError(f"--input-size {height} {width}: both sides must be at least 32 pixels")
-    cfg = load_detector_config(args.config) if args.config else DetectorConfig()
+    cfg = DetectorConfig()
+    if args.config:
+        cfg = load_detector_config(args.config)  # a detector YAML (DetectorConfig keys)...
+    if args.config and _is_run_config(args.config):  # ...or a run config: its `model:` section
+        from efldet.config import load_config
+
+        cfg = load_config(args.config).model
     info = detector_summary(cfg, (height, width))
     if args.json:
         print(json.dumps(info))
@@ -139,6 +160,8 @@ def _run_data(args: argparse.Namespace) -> int:
               "instances)")
         print(f"categories: {args.classes} (rare {g['r']}, common {g['c']}, frequent {g['f']}); image root: "
               f"{args.out}; {summary['seconds']:.1f} s")
+        print(f"repeat factor sampling: threshold {100 / args.train_images:.3g} here repeats the categories "
+              "under 100 training images, as t=0.001 does on LVIS v1 (100,170 images)")
         missing = [name for name, key in (("rare", "r"), ("common", "c"), ("frequent", "f")) if g[key] == 0]
         if missing:
             print(f"note: no {' / '.join(missing)} categories at this size; more --train-images (> 200 for "
@@ -291,8 +314,122 @@ def _run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- config / train / eval / predict
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (deltas from the defaults; `base:` inherits), e.g. "
+                   "configs/synthetic/tiny.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides such as train.max_iters=100 data.root=DIR output_dir=DIR")
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the resolved configuration (defaults + file + overrides)",
+                       description="Print the resolved configuration as YAML: the defaults, the file with its "
+                       "`base:` chain, then KEY=VALUE overrides. Unknown keys and wrong types are errors.")
+    _add_config_arguments(p)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from efldet.config import dump_yaml, load_config
+
+    print(dump_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a detector (one process, or many through torchrun)",
+        description="Train the detector a config describes. Writes config.yaml, metrics.jsonl, TensorBoard files, "
+        "checkpoints (iter_<N>.pt and last.pt) and the final evaluation under output_dir. A run whose output_dir "
+        "holds last.pt continues from it (auto-resume) unless --no-resume is given. Multi-GPU / multi-node: "
+        "torchrun --nproc_per_node=G -m efldet train CONFIG ... (train.batch_size is the global batch).")
+    _add_config_arguments(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", nargs="?", const=True, default="auto", metavar="CKPT",
+                       help="resume from output_dir/last.pt (required to exist), or from the checkpoint CKPT")
+    group.add_argument("--no-resume", action="store_true", help="start from scratch even if last.pt exists")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from efldet.config import load_config
+    from efldet.engine.trainer import NonFiniteLossError, TrainingInterrupted, train
+
+    cfg = load_config(args.config, args.overrides)
+    resume = False if args.no_resume else args.resume
+    try:
+        result = train(cfg, resume=resume)
+    except TrainingInterrupted as err:
+        print(f"efldet train: {err}", file=sys.stderr)
+        return 130
+    except NonFiniteLossError as err:
+        print(f"efldet train: error: {err}", file=sys.stderr)
+        return 1
+    metrics = result["metrics"]
+    if metrics:
+        print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation set",
+                       description="Run the checkpoint on data.val_ann of CONFIG and compute the metrics "
+                       "(LVIS: AP, AP50, AP75, APs, APm, APl, APr, APc, APf; eval.protocol=coco: COCO's 12).")
+    _add_config_arguments(p)
+    p.add_argument("--weights", required=True, help="checkpoint (.pt) written by efldet train")
+    p.add_argument("--out", help="write the metrics dict here as JSON (detections and tables go next to it)")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from efldet.config import load_config
+    from efldet.engine.predict import model_from_checkpoint
+    from efldet.engine.trainer import build_datasets, evaluate, init_distributed, resolve_device
+
+    cfg = load_config(args.config, args.overrides)
+    device = resolve_device(cfg.train.device)
+    init_distributed(device)
+    model, _, _ = model_from_checkpoint(args.weights, device=device, cfg=cfg)
+    _, val_set = build_datasets(cfg)
+    out_dir = Path(args.out).parent / "eval" if args.out else Path(cfg.output_dir) / "eval"
+    metrics = evaluate(cfg, model, val_set, device, None, 0, out_dir)
+    if metrics:
+        text = json.dumps(metrics, indent=2)
+        print(text)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="detect objects in images with a checkpoint; draw and save them",
+                       description="Run a checkpoint (it embeds its config and category names) on image files "
+                       "or directories; write one PNG per image with boxes and names drawn, and "
+                       "detections.json (COCO-style, every detection) into --out.")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories of images")
+    p.add_argument("--weights", required=True, help="checkpoint (.pt) written by efldet train")
+    p.add_argument("--out", required=True, help="output directory (created if absent)")
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="draw detections scoring at least this (default 0.3; the json keeps all)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from efldet.engine.predict import predict_images
+
+    path = predict_images(args.weights, args.inputs, args.out, score_threshold=args.score_threshold,
+                          device_name=args.device)
+    print(f"wrote {path} and the drawn images in {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 _COMMANDS = {
+    "train": (_add_train, _run_train),
+    "eval": (_add_eval, _run_eval),
+    "predict": (_add_predict, _run_predict),
+    "config": (_add_config, _run_config),
     "analyze": (_add_analyze, _run_analyze),
     "data": (_add_data, _run_data),
     "plot-loss": (_add_plot_loss, _run_plot_loss),
@@ -326,6 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"efldet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a runtime failure: the reason on stderr, exit code 1 (EFLDET_DEBUG=1: traceback)
+        if os.environ.get("EFLDET_DEBUG"):
+            traceback.print_exc()
+        print(f"efldet {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
