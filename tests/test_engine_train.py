@@ -129,6 +129,7 @@ def test_command_line_train_eval_predict_resume(tiny_dataset, tmp_path, capsys):
     assert "resumed from" in capsys.readouterr().out
     assert load_checkpoint(run / "last.pt")["iteration"] == 3
     assert [r["iteration"] for r in records(run, "train")] == [1, 2, 3]
+    assert [r["iteration"] for r in records(run, "eval")] == [2, 3] and "APr" in records(run, "eval")[0]
 
 
 def test_command_line_errors_exit_2(tiny_dataset, tmp_path, capsys):
