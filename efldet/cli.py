@@ -43,12 +43,14 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="print a detector's architecture summary, parameter count and FLOPs estimate",
-        description="Build the detector a YAML file describes (keys: the fields of "
-        "efldet.models.DetectorConfig; no file = the paper's improved baseline, ATSS-IoU R-50-FPN, LVIS) "
+        description="Build the detector a YAML file describes (a run config's `model:` section, or a file "
+        "whose keys are the fields of efldet.models.DetectorConfig; no file = the paper's improved "
+        "baseline, ATSS-IoU R-50-FPN, LVIS) "
         "without loading weights, and print its components, parameters and FLOPs of one forward of "
         "backbone + neck + head (torch.utils.flop_counter; assignment, losses, NMS not counted).",
     )
-    p.add_argument("config", nargs="?", default=None, help="detector YAML file (default: improved baseline)")
+    p.add_argument("config", nargs="?", default=None,
+                   help="run config or detector YAML file (default: the improved baseline)")
     p.add_argument("--input-size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
                    help="input image size for the FLOPs estimate (default 800 1333)")
     p.add_argument("--json", action="store_true", help="print one json object (params, flops, ...) instead")
@@ -75,13 +77,14 @@ def _run_info(args: argparse.Namespace) -> int:
     height, width = args.input_size
     if height < 32 or width < 32:
         raise UserInputError(f"--input-size {height} {width}: both sides must be at least 32 pixels")
-    cfg = DetectorConfig()
-    if args.config:
-        cfg = load_detector_config(args.config)  # a detector YAML (DetectorConfig keys)...
-    if args.config and _is_run_config(args.config):  # ...or a run config: its `model:` section
+    if args.config is None:
+        cfg = DetectorConfig()
+    elif _is_run_config(args.config):  # a whole run config (configs/...): its `model:` section
         from efldet.config import load_config
 
         cfg = load_config(args.config).model
+    else:  # a detector YAML whose keys are DetectorConfig's fields
+        cfg = load_detector_config(args.config)
     info = detector_summary(cfg, (height, width))
     if args.json:
         print(json.dumps(info))
@@ -123,7 +126,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
                    help=f"number of categories, 1-{MAX_CLASSES} (default {DEFAULT_CLASSES})")
     s.add_argument("--train-images", type=int, default=DEFAULT_TRAIN_IMAGES,
-                   help=f"training images (default {DEFAULT_TRAIN_IMAGES}); frequent categories need > 200")
+                   help=f"training images (default {DEFAULT_TRAIN_IMAGES}); frequent categories need > 340")
     s.add_argument("--val-images", type=int, default=DEFAULT_VAL_IMAGES,
                    help=f"validation images (default {DEFAULT_VAL_IMAGES})")
     s.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
@@ -164,7 +167,7 @@ def _run_data(args: argparse.Namespace) -> int:
               "under 100 training images, as t=0.001 does on LVIS v1 (100,170 images)")
         missing = [name for name, key in (("rare", "r"), ("common", "c"), ("frequent", "f")) if g[key] == 0]
         if missing:
-            print(f"note: no {' / '.join(missing)} categories at this size; more --train-images (> 200 for "
+            print(f"note: no {' / '.join(missing)} categories at this size; more --train-images (> 340 for "
                   "frequent) or --classes bring all three LVIS groups", file=sys.stderr)
         return 0
     if args.data_command == "stats":
@@ -424,8 +427,29 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="the method on a laptop: synthetic long-tailed data, focal loss vs EFL, table and plots",
+        description="Generate the synthetic long-tailed set, train the improved baseline's structure with focal "
+        "loss and with EFL, evaluate both, print AP / APr / APc / APf side by side and write the table "
+        "(results.json, results.md), the AP-per-group chart, the margin plot (Fig. 4), the gradient-ratio plot, "
+        "the loss plots (Fig. 3, 5) and prediction images into --out.")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="tiny data and a few iterations: checks the pipeline only")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the training runs (default 0)")
+    p.add_argument("--max-iters", type=int, help="iterations per loss (default: configs/synthetic/demo.yaml)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from efldet.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed, max_iters=args.max_iters)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 _COMMANDS = {
+    "demo": (_add_demo, _run_demo),
     "train": (_add_train, _run_train),
     "eval": (_add_eval, _run_eval),
     "predict": (_add_predict, _run_predict),

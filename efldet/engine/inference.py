@@ -86,3 +86,23 @@ def evaluate_results(results: list[dict[str, Any]], ann_file: str | Path, *, pro
     if out_dir is not None:
         save_lvis_evaluation(out_dir, detailed)
     return dict(detailed.metrics)
+
+
+@torch.no_grad()
+def collect_margins(model: nn.Module, dataset: Any, cfg: Any, device: torch.device) -> Any:
+    """Fig. 4 statistics on `dataset`: every anchor labelled by the detector's own assigner (its class, background
+    or ignored), scored by sigmoid(classification logit); returns an `efldet.evaluation.MarginAccumulator`."""
+    from efldet.engine.trainer import build_test_loader_for
+    from efldet.evaluation import MarginAccumulator
+
+    was_training = model.training
+    model.eval()
+    accumulator = MarginAccumulator(model.num_classes)
+    for images, targets in build_test_loader_for(cfg, dataset):
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+        feats = model.features(images.to(device))
+        cls, _, _ = model.predict_raw(feats)                                # [N, K, C]
+        labels = model.anchor_labels(model.assign(model.priors(feats), targets), targets)   # [N, K]
+        accumulator.update(cls.float().sigmoid().flatten(0, 1), labels.flatten())  # [N*K, C], [N*K]
+    model.train(was_training)
+    return accumulator

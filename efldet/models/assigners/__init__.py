@@ -1,0 +1,9 @@
+"""Target assignment as pure functions under `torch.no_grad()`: priors per level + GT boxes -> GT index
+per prior (>= 0), `BACKGROUND` (-1) or `IGNORE` (-2)."""
+
+from efldet.models.assigners.atss import atss_assign
+from efldet.models.assigners.common import BACKGROUND, IGNORE
+from efldet.models.assigners.fcos import FCOS_SIZE_RANGES, fcos_assign
+from efldet.models.assigners.max_iou import max_iou_assign
+
+__all__ = ["BACKGROUND", "FCOS_SIZE_RANGES", "IGNORE", "atss_assign", "fcos_assign", "max_iou_assign"]

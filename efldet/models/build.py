@@ -1,0 +1,282 @@
+"""Detector configuration and the one place that maps config names to classes.
+
+`DetectorConfig` is a nested dataclass whose defaults are the paper's improved baseline (Sec. 4.1):
+ATSS (top-k 18) with anchors {6, 8} x stride, ratio 1, IoU branch, GIoU weighted by the IoU target,
+GN(32) head with 4 convs per tower, prior 0.001, ResNet-50 with frozen stem + stage 1 and frozen BN,
+FPN P3-P7 with 256 channels, LVIS v1 (1203 classes). Fields left `None` take the chosen detector's own
+value from `DETECTORS`. The later config system nests this dataclass as the `model:` section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from efldet.errors import UserInputError
+from efldet.losses import (
+    EQLv2FocalLoss,
+    EqualizedFocalLoss,
+    EqualizedQualityFocalLoss,
+    FocalLoss,
+    QualityFocalLoss,
+    SigmoidBCELoss,
+)
+from efldet.models.anchors import AnchorGenerator, PointGenerator
+from efldet.models.assigners import atss_assign, fcos_assign, max_iou_assign
+from efldet.models.backbones import ResNet, TinyBackbone
+from efldet.models.detector import DenseDetector
+from efldet.models.heads import DenseHead
+from efldet.models.necks import FPN
+
+_RETINANET_SCALES = (4.0, 4.0 * 2 ** (1 / 3), 4.0 * 2 ** (2 / 3))
+
+# Per-detector values for the fields left None: priors, assigner, quality branch, anchors, ATSS top-k.
+DETECTORS: dict[str, dict] = {
+    # the improved baseline of the paper (Sec. 4.1)
+    "atss_iou": {"priors": "anchor", "assigner": "atss", "quality": "iou", "scales": (6.0, 8.0),
+                 "ratios": (1.0,), "topk": 18},
+    # original ATSS (Zhang et al. 2020): one anchor of scale 8, centerness, top-k 9
+    "atss": {"priors": "anchor", "assigner": "atss", "quality": "centerness", "scales": (8.0,),
+             "ratios": (1.0,), "topk": 9},
+    # RetinaNet (Lin et al. 2017): 9 anchors, IoU 0.5 / 0.4, no quality branch
+    "retinanet": {"priors": "anchor", "assigner": "max_iou", "quality": "none", "scales": _RETINANET_SCALES,
+                  "ratios": (0.5, 1.0, 2.0), "topk": None},
+    # FCOS with centre sampling (as in the ATSS paper's FCOS), centerness on the box tower
+    "fcos": {"priors": "point", "assigner": "fcos", "quality": "centerness", "scales": None, "ratios": None,
+             "topk": None},
+}
+
+# Classification losses by name -> (class, the LossConfig fields it takes, whether it takes num_classes).
+LOSSES: dict[str, tuple[type[nn.Module], tuple[str, ...], bool]] = {
+    "focal": (FocalLoss, ("alpha", "gamma"), False),
+    "efl": (EqualizedFocalLoss, ("gamma_b", "scale_factor", "alpha", "focusing_factor", "weighting_factor"),
+            True),
+    "eqfl": (EqualizedQualityFocalLoss, ("gamma_b", "scale_factor", "focusing_factor", "weighting_factor"),
+             True),
+    "eqlv2_focal": (EQLv2FocalLoss, ("alpha", "gamma", "eqlv2_gamma", "eqlv2_mu", "eqlv2_alpha"), True),
+    "qfl": (QualityFocalLoss, ("beta",), False),
+    "bce": (SigmoidBCELoss, (), False),
+}
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet"  # "resnet" (torchvision ResNet) | "tiny" (our small conv-GN CPU backbone)
+    depth: int = 50  # ResNet depth: 18 | 34 | 50 | 101
+    weights: str | None = None  # torchvision ResNet state dict: local path or http(s) URL; None = random init
+    frozen_stages: int = 1  # ResNet stages frozen: 1 = stem + layer1 (paper), 0 = none
+    norm: str = "frozen_bn"  # ResNet norm: "frozen_bn" (paper) | "bn"
+    tiny_widths: tuple[int, ...] = (16, 32, 64, 96, 128)  # "tiny" only: channels of its 5 stages
+
+
+@dataclass
+class NeckConfig:
+    channels: int = 256  # FPN P3-P7 channels (also the head's width)
+
+
+@dataclass
+class HeadConfig:
+    num_convs: int = 4  # convs per tower (classification and box)
+    norm_groups: int = 32  # GroupNorm groups (gcd with the width for narrow heads); 0 = no norm
+    prior_prob: float = 0.001  # initial foreground probability of the classification layer (paper: 0.001)
+    quality: str | None = None  # "iou" | "centerness" | "none"; None = the detector's (atss_iou: iou)
+
+
+@dataclass
+class AnchorConfig:
+    scales: tuple[float, ...] | None = None  # anchor sizes in strides; None = detector's (atss_iou: 6, 8)
+    ratios: tuple[float, ...] | None = None  # aspect ratios h/w; None = detector's (atss_iou: 1)
+    offset: float = 0.5  # prior centre within its cell, in strides
+
+
+@dataclass
+class AssignerConfig:
+    atss_topk: int | None = None  # ATSS candidates per level and GT; None = detector's (atss_iou 18, atss 9)
+    fg_iou: float = 0.5  # RetinaNet: IoU at or above -> foreground
+    bg_iou: float = 0.4  # RetinaNet: IoU below -> background (in between: ignored)
+    center_radius: float = 1.5  # FCOS centre sampling radius in strides
+
+
+@dataclass
+class LossConfig:
+    name: str = "focal"  # classification loss: focal | efl | eqfl | eqlv2_focal | qfl | bce
+    alpha: float = 0.25  # focal / efl / eqlv2_focal balance factor
+    gamma: float = 2.0  # focal / eqlv2_focal focusing parameter
+    gamma_b: float = 2.0  # efl / eqfl base focusing factor
+    scale_factor: float = 8.0  # efl / eqfl s (4 for YOLOX-IP)
+    focusing_factor: bool = True  # efl / eqfl: category-relevant focusing factor (Table 3 ablation)
+    weighting_factor: bool = True  # efl / eqfl: weighting factor gamma_j / gamma_b (Table 3 ablation)
+    beta: float = 2.0  # qfl exponent
+    eqlv2_gamma: float = 12.0  # eqlv2_focal: mapping function slope
+    eqlv2_mu: float = 0.8  # eqlv2_focal: mapping function centre
+    eqlv2_alpha: float = 4.0  # eqlv2_focal: positive re-weighting strength
+    box_weight: float = 2.0  # multiplier of the GIoU box loss
+    box_coder_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)  # anchor delta coding (wx, wy, ww, wh)
+
+
+@dataclass
+class TestConfig:
+    __test__ = False  # not a pytest test class
+
+    pre_nms_topk: int = 1000  # best (prior, class) pairs kept per level before NMS
+    score_thresh: float = 0.0  # paper: no score threshold
+    nms_iou: float = 0.5  # class-aware NMS IoU threshold
+    max_per_image: int = 300  # detections per image (LVIS protocol)
+
+
+@dataclass
+class DetectorConfig:
+    name: str = "atss_iou"  # atss_iou (improved baseline) | atss | retinanet | fcos
+    num_classes: int = 1203  # foreground classes C (LVIS v1: 1203)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+def _choice(value: str, choices: typing.Iterable[str], key: str) -> str:
+    choices = list(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserInputError(f"{key} = {value!r} is not one of {choices}{hint}")
+    return value
+
+
+def build_cls_loss(cfg: LossConfig, num_classes: int) -> nn.Module:
+    """The classification loss module named by `cfg.name`, with the fields it takes."""
+    cls, names, takes_classes = LOSSES[_choice(cfg.name, LOSSES, "loss.name")]
+    kwargs = {name: getattr(cfg, name) for name in names}
+    return cls(num_classes=num_classes, **kwargs) if takes_classes else cls(**kwargs)
+
+
+def build_detector(cfg: DetectorConfig) -> DenseDetector:
+    """Build the detector described by `cfg` (see `DetectorConfig`)."""
+    preset = DETECTORS[_choice(cfg.name, DETECTORS, "name")]
+    if cfg.num_classes < 1:
+        raise UserInputError(f"num_classes must be >= 1, got {cfg.num_classes}")
+    bb = cfg.backbone
+    backbone: nn.Module
+    if _choice(bb.name, ("resnet", "tiny"), "backbone.name") == "resnet":
+        backbone = ResNet(bb.depth, frozen_stages=bb.frozen_stages, norm=bb.norm, weights=bb.weights)
+    else:
+        if len(bb.tiny_widths) != 5:
+            raise UserInputError(f"backbone.tiny_widths needs 5 widths, got {list(bb.tiny_widths)}")
+        backbone = TinyBackbone(widths=bb.tiny_widths)
+    neck = FPN(in_channels=backbone.out_channels, out_channels=cfg.neck.channels)
+    if preset["priors"] == "anchor":
+        scales = cfg.anchors.scales if cfg.anchors.scales is not None else preset["scales"]
+        ratios = cfg.anchors.ratios if cfg.anchors.ratios is not None else preset["ratios"]
+        priors: AnchorGenerator | PointGenerator = AnchorGenerator(
+            strides=neck.strides, scales=scales, ratios=ratios, offset=cfg.anchors.offset
+        )
+    else:
+        priors = PointGenerator(strides=neck.strides, offset=cfg.anchors.offset)
+    quality = cfg.head.quality if cfg.head.quality is not None else preset["quality"]
+    _choice(quality, ("iou", "centerness", "none"), "head.quality")
+    head = DenseHead(
+        in_channels=cfg.neck.channels, num_classes=cfg.num_classes, num_anchors=priors.num_anchors,
+        num_convs=cfg.head.num_convs, norm_groups=cfg.head.norm_groups, quality=quality,
+        prior_prob=cfg.head.prior_prob, num_levels=len(neck.strides),
+    )
+    if preset["assigner"] == "atss":
+        topk = cfg.assigner.atss_topk if cfg.assigner.atss_topk is not None else preset["topk"]
+        assigner = functools.partial(atss_assign, topk=topk)
+    elif preset["assigner"] == "max_iou":
+        assigner = functools.partial(max_iou_assign, fg_iou=cfg.assigner.fg_iou, bg_iou=cfg.assigner.bg_iou)
+    else:
+        assigner = functools.partial(
+            fcos_assign, strides=neck.strides, center_radius=cfg.assigner.center_radius
+        )
+    return DenseDetector(
+        backbone=backbone, neck=neck, head=head, prior_generator=priors, assigner=assigner,
+        cls_loss=build_cls_loss(cfg.loss, cfg.num_classes), num_classes=cfg.num_classes,
+        box_coder_weights=cfg.loss.box_coder_weights, box_loss_weight=cfg.loss.box_weight,
+        test_pre_nms_topk=cfg.test.pre_nms_topk, test_score_thresh=cfg.test.score_thresh,
+        test_nms_iou=cfg.test.nms_iou, test_max_per_image=cfg.test.max_per_image,
+    )
+
+
+# ---------------------------------------------------------------------------------- strict loading
+def _coerce(value: object, annotation: object, key: str) -> object:
+    """Check `value` against a field annotation (int, float, str, bool, tuple[X, ...], X | None)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserInputError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserInputError(f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserInputError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserInputError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserInputError(f"{key} must be finite, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserInputError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported field type {annotation!r} for {key}")
+
+
+def _from_dict(cls: type, data: object, prefix: str, source: str) -> object:
+    where = f" in {source}" if source else ""
+    if not isinstance(data, dict):
+        raise UserInputError(f"{prefix.rstrip('.') or 'the config'}{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise UserInputError(f"unknown key '{prefix}{key}'{where}{hint}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _from_dict(annotation, value, f"{prefix}{key}.", source)
+        else:
+            kwargs[key] = _coerce(value, annotation, f"{prefix}{key}{where}")
+    return cls(**kwargs)
+
+
+def detector_config_from_dict(data: dict, source: str = "") -> DetectorConfig:
+    """A `DetectorConfig` from a nested dict; unknown keys and wrong types raise `UserInputError`
+    (naming the key, `source` and the closest valid key)."""
+    return _from_dict(DetectorConfig, data if data is not None else {}, "", source)
+
+
+def load_detector_config(path: str | Path) -> DetectorConfig:
+    """A `DetectorConfig` from a YAML file whose keys are the dataclass fields (nested mappings)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserInputError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+    return detector_config_from_dict(data, source=str(path))
