@@ -16,8 +16,6 @@ from efldet.models.build import (
     TestConfig,
     build_cls_loss,
     build_detector,
-    detector_config_from_dict,
-    load_detector_config,
 )
 from efldet.models.detector import DenseDetector
 from efldet.models.heads import DenseHead, concat_levels
@@ -48,9 +46,7 @@ __all__ = [
     "build_cls_loss",
     "build_detector",
     "concat_levels",
-    "detector_config_from_dict",
     "fcos_assign",
-    "load_detector_config",
     "max_iou_assign",
     "postprocess_detections",
 ]

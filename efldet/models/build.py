@@ -9,14 +9,10 @@ value from `DETECTORS`. The later config system nests this dataclass as the `mod
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
-import math
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch import nn
 
@@ -206,77 +202,3 @@ def build_detector(cfg: DetectorConfig) -> DenseDetector:
         test_pre_nms_topk=cfg.test.pre_nms_topk, test_score_thresh=cfg.test.score_thresh,
         test_nms_iou=cfg.test.nms_iou, test_max_per_image=cfg.test.max_per_image,
     )
-
-
-# ---------------------------------------------------------------------------------- strict loading
-def _coerce(value: object, annotation: object, key: str) -> object:
-    """Check `value` against a field annotation (int, float, str, bool, tuple[X, ...], X | None)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise UserInputError(f"{key} must be a list, got {value!r}")
-        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise UserInputError(f"{key} must be true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserInputError(f"{key} must be an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserInputError(f"{key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise UserInputError(f"{key} must be finite, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise UserInputError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported field type {annotation!r} for {key}")
-
-
-def _from_dict(cls: type, data: object, prefix: str, source: str) -> object:
-    where = f" in {source}" if source else ""
-    if not isinstance(data, dict):
-        raise UserInputError(f"{prefix.rstrip('.') or 'the config'}{where} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
-            raise UserInputError(f"unknown key '{prefix}{key}'{where}{hint}")
-        annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[key] = _from_dict(annotation, value, f"{prefix}{key}.", source)
-        else:
-            kwargs[key] = _coerce(value, annotation, f"{prefix}{key}{where}")
-    return cls(**kwargs)
-
-
-def detector_config_from_dict(data: dict, source: str = "") -> DetectorConfig:
-    """A `DetectorConfig` from a nested dict; unknown keys and wrong types raise `UserInputError`
-    (naming the key, `source` and the closest valid key)."""
-    return _from_dict(DetectorConfig, data if data is not None else {}, "", source)
-
-
-def load_detector_config(path: str | Path) -> DetectorConfig:
-    """A `DetectorConfig` from a YAML file whose keys are the dataclass fields (nested mappings)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserInputError(f"config file {str(path)!r} is not valid YAML: {err}") from err
-    return detector_config_from_dict(data, source=str(path))
