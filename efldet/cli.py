@@ -216,13 +216,17 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     a_sub = p.add_subparsers(dest="analyze_command", metavar="ANALYZE_COMMAND")
     m = a_sub.add_parser(
         "margins", help="Fig. 4: per-category margin (mean positive score - mean negative score), 1-2 runs",
-        description="Plot per-category margins from margin CSV files (one per run, written by "
-        "efldet.evaluation.analysis.MarginAccumulator.write_csv), e.g. focal loss vs EFL.",
+        description="Plot per-category margins of one or two runs (e.g. focal loss vs EFL), from checkpoints "
+        "(--weights: scores every anchor of the checkpoint's val set, labelled by its own assigner) or from "
+        "margin CSV files written earlier (--csv).",
     )
-    m.add_argument("--csv", action="append", required=True, metavar="FILE",
+    m.add_argument("--weights", action="append", metavar="CKPT",
+                   help="checkpoint of one run (repeat for a second run); its embedded config names the val set")
+    m.add_argument("--data-root", metavar="DIR", help="with --weights: the dataset root, if it moved since training")
+    m.add_argument("--csv", action="append", metavar="FILE",
                    help="margins CSV of one run (repeat for a second run)")
     m.add_argument("--label", action="append", metavar="NAME",
-                   help="run label, one per --csv (default: file name)")
+                   help="run label, one per --weights / --csv (default: file or folder name)")
     m.add_argument("--out", required=True, metavar="DIR", help="output directory (created if absent)")
     g = a_sub.add_parser(
         "grad-ratio",
@@ -264,10 +268,21 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from efldet.evaluation import analysis
 
     if args.analyze_command == "margins":
-        if len(args.csv) > 2:
-            raise UserInputError("efldet analyze margins compares one or two runs; give --csv at most twice")
-        labels = _labels(args.csv, args.label, use_parent=False)
-        runs = {lab: analysis.read_margin_csv(f) for lab, f in zip(labels, args.csv, strict=True)}
+        if bool(args.weights) == bool(args.csv):
+            raise UserInputError("efldet analyze margins needs --weights CKPT (one or two) or --csv FILE "
+                                 "(one or two), not both")
+        files = args.weights or args.csv
+        if len(files) > 2:
+            raise UserInputError("efldet analyze margins compares one or two runs")
+        labels = _labels(files, args.label, use_parent=bool(args.weights))
+        if args.weights:
+            from pathlib import Path
+
+            from efldet.engine.predict import checkpoint_margins
+
+            files = [checkpoint_margins(w, Path(args.out) / f"margins_{lab}.csv", data_root=args.data_root)
+                     for lab, w in zip(labels, args.weights, strict=True)]
+        runs = {lab: analysis.read_margin_csv(f) for lab, f in zip(labels, files, strict=True)}
         paths = analysis.plot_margins(runs, args.out)
     elif args.analyze_command == "grad-ratio":
         cats = analysis.category_table(args.ann)
@@ -395,19 +410,60 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                        "or directories; write one PNG per image with boxes and names drawn, and "
                        "detections.json (COCO-style, every detection) into --out.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories of images")
-    p.add_argument("--weights", required=True, help="checkpoint (.pt) written by efldet train")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--weights", help="checkpoint (.pt) written by efldet train")
+    model.add_argument("--onnx", metavar="MODEL", help="ONNX file written by efldet export, run by onnxruntime on "
+                       "the CPU instead of PyTorch (same outputs; needs the `export` extra)")
     p.add_argument("--out", required=True, help="output directory (created if absent)")
     p.add_argument("--score-threshold", type=float, default=0.3,
                    help="draw detections scoring at least this (default 0.3; the json keeps all)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto; --onnx runs on the CPU)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from efldet.engine.predict import predict_images
 
-    path = predict_images(args.weights, args.inputs, args.out, score_threshold=args.score_threshold,
-                          device_name=args.device)
+    if args.onnx:
+        from efldet.export import predict_onnx
+
+        path = predict_onnx(args.onnx, args.inputs, args.out, score_threshold=args.score_threshold)
+    else:
+        path = predict_images(args.weights, args.inputs, args.out, score_threshold=args.score_threshold,
+                              device_name=args.device)
     print(f"wrote {path} and the drawn images in {args.out}")
+    return 0
+
+
+_ONNX_OPSET = 18  # efldet.export.OPSET, written here so that `efldet --help` does not import torch (a test checks)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help=f"export a checkpoint's detector to ONNX (opset {_ONNX_OPSET}) for onnxruntime",
+        description=f"Write the detector of a checkpoint as an ONNX file (opset {_ONNX_OPSET}, built with "
+        "torch.onnx.export; batch, height and width are dynamic). Input `images` float32 [N,3,H,W], resized and "
+        "normalised as `efldet predict` does. Outputs: decoded boxes [N,K,4] and scores [N,K,C] (the model's "
+        "inference score: sigmoid(cls) x sigmoid(quality) with an IoU/centerness branch, else sigmoid(cls)) and "
+        "level_sizes [L]; with --with-nms the post-processing and class-aware NMS (ONNX NonMaxSuppression) run "
+        "in the graph and the outputs are det_boxes [D,4], det_scores [D], det_labels [D] and det_batch [D]. "
+        "Category names, ids, resize and normalisation go into the file's metadata; run it with "
+        "`efldet predict --onnx MODEL`.")
+    p.add_argument("--weights", required=True, help="checkpoint (.pt) written by efldet train (EMA weights if any)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="size of the example image traced (default: the checkpoint's test shorter side, square); "
+                   "the exported model accepts any size")
+    p.add_argument("--with-nms", action="store_true",
+                   help="include the post-processing with NMS (ONNX NonMaxSuppression) in the graph")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from efldet.export import OPSET, export_checkpoint
+
+    path = export_checkpoint(args.weights, args.out, input_size=args.input_size, with_nms=args.with_nms)
+    print(f"wrote {path} (ONNX opset {OPSET}, {'with' if args.with_nms else 'without'} NMS); run it with: "
+          f"efldet predict --onnx {path} IMAGES... --out DIR")
     return 0
 
 
@@ -437,6 +493,7 @@ _COMMANDS = {
     "train": (_add_train, _run_train),
     "eval": (_add_eval, _run_eval),
     "predict": (_add_predict, _run_predict),
+    "export": (_add_export, _run_export),
     "config": (_add_config, _run_config),
     "analyze": (_add_analyze, _run_analyze),
     "data": (_add_data, _run_data),

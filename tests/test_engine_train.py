@@ -124,6 +124,12 @@ def test_command_line_train_eval_predict_resume(tiny_dataset, tmp_path, capsys):
     detections = json.loads((tmp_path / "pred" / "detections.json").read_text())
     assert detections and {"file_name", "category_name", "bbox", "score"} <= set(detections[0])
 
+    # Fig. 4 margins straight from the checkpoint (its embedded config names the val set).
+    assert main(["analyze", "margins", "--weights", str(run / "last.pt"), "--out", str(tmp_path / "an")]) == 0
+    assert (tmp_path / "an" / "margins.png").is_file()
+    rows = (tmp_path / "an" / "margins_run.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6 and "margin" in rows[0]
+
     # Auto-resume: the same command with more iterations continues from last.pt.
     assert main(["train", TINY, *tiny_overrides(tiny_dataset, run, "train.max_iters=3")]) == 0
     assert "resumed from" in capsys.readouterr().out

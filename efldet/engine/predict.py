@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,6 @@ def predict_images(weights: str | Path, inputs: Sequence[str], out_dir: str | Pa
     """Run the checkpoint on every image; write `<out>/<name>.png` with boxes and category names drawn (those
     scoring >= score_threshold) and `<out>/detections.json` (COCO-style results of every detection, with
     `file_name` and a running `image_id`). Returns the json path."""
-    from torchvision import tv_tensors
-    from torchvision.io import write_png
-    from torchvision.utils import draw_bounding_boxes
-
-    from efldet.data import eval_transforms, read_image
     from efldet.engine.trainer import resolve_device
 
     if not 0.0 <= score_threshold <= 1.0:
@@ -79,7 +74,34 @@ def predict_images(weights: str | Path, inputs: Sequence[str], out_dir: str | Pa
     model, cfg, ckpt = model_from_checkpoint(weights, device=device)
     names = list(ckpt.get("class_names") or [str(i) for i in range(cfg.model.num_classes)])
     category_ids = list(ckpt.get("category_ids") or range(1, cfg.model.num_classes + 1))
-    transform = eval_transforms(cfg.data.test_short_side, cfg.data.max_size)
+    amp = cfg.train.amp if cfg.train.amp != "fp16" or device.type == "cuda" else "none"
+
+    def detect(tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast_context(device, amp):
+            return model(tensor[None].to(device), image_sizes=[tuple(tensor.shape[-2:])])[0]
+
+    return write_predictions(detect, inputs, out_dir, short_side=cfg.data.test_short_side,
+                             max_size=cfg.data.max_size, names=names, category_ids=category_ids,
+                             score_threshold=score_threshold, max_drawn=max_drawn)
+
+
+@torch.no_grad()
+def write_predictions(detect: Callable[[torch.Tensor], dict[str, torch.Tensor]], inputs: Sequence[str],
+                      out_dir: str | Path, *, short_side: int, max_size: int, names: Sequence[str],
+                      category_ids: Sequence[int], score_threshold: float = 0.3, max_drawn: int = 50) -> Path:
+    """The prediction loop shared by the PyTorch and the onnxruntime paths: every image is read, resized and
+    normalised (`eval_transforms(short_side, max_size)`), `detect(tensor [3, h, w]) -> {"boxes" [D, 4] in the
+    tensor's pixels, "scores" [D], "labels" [D]}` runs, and the drawn PNG and the json entries are written (see
+    `predict_images`). Returns the json path."""
+    from torchvision import tv_tensors
+    from torchvision.io import write_png
+    from torchvision.utils import draw_bounding_boxes
+
+    from efldet.data import eval_transforms, read_image
+
+    if not 0.0 <= score_threshold <= 1.0:
+        raise UserInputError(f"--score-threshold must be in [0, 1], got {score_threshold}")
+    transform = eval_transforms(short_side, max_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -89,9 +111,7 @@ def predict_images(weights: str | Path, inputs: Sequence[str], out_dir: str | Pa
         empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)),
                  "labels": torch.zeros(0, dtype=torch.long)}
         tensor, _ = transform(image, empty)
-        amp = cfg.train.amp if cfg.train.amp != "fp16" or device.type == "cuda" else "none"
-        with autocast_context(device, amp):
-            det = model(tensor[None].to(device), image_sizes=[tuple(tensor.shape[-2:])])[0]
+        det = detect(tensor)
         scale = torch.tensor([width / tensor.shape[-1], height / tensor.shape[-2]] * 2)
         boxes = det["boxes"].float().cpu() * scale                            # [D, 4] xyxy in file pixels
         scores, labels = det["scores"].float().cpu(), det["labels"].cpu()
@@ -108,3 +128,23 @@ def predict_images(weights: str | Path, inputs: Sequence[str], out_dir: str | Pa
     json_path = out / "detections.json"
     json_path.write_text(json.dumps(results))
     return json_path
+
+
+def checkpoint_margins(weights: str | Path, out_csv: str | Path, *, data_root: str | None = None,
+                       device_name: str = "auto") -> Path:
+    """Fig. 4 margins of a checkpoint on its config's val set (`data_root` replaces data.root), as a CSV for
+    `efldet.evaluation.plot_margins` (categories with their training frequency and image count)."""
+    import dataclasses
+
+    from efldet.engine.inference import collect_margins
+    from efldet.engine.trainer import build_datasets, data_path, resolve_device
+    from efldet.evaluation import category_table
+
+    device = resolve_device(device_name)
+    model, cfg, _ = model_from_checkpoint(weights, device=device)
+    if data_root is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
+    _, val_set = build_datasets(cfg)
+    accumulator = collect_margins(model, val_set, cfg, device)
+    categories = category_table(data_path(cfg.data.root, cfg.data.train_ann))
+    return accumulator.write_csv(out_csv, categories)
