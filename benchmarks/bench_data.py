@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -106,9 +107,15 @@ _CHILD = {
 }
 
 
-def measure(kind: str, path: str) -> tuple[float, float, float]:
-    """Run one index build in a fresh process; return (wall seconds, CPU seconds, peak RSS in GiB).
+def measure(kind: str, path: str, mem_cap_gib: float) -> tuple[float, float, float] | None:
+    """Run one index build in a fresh process capped at `mem_cap_gib` of address space (RLIMIT_AS); return
+    (wall seconds, CPU seconds, peak RSS in GiB), or None when it ran out of memory under the cap.
     CPU seconds are what a busy machine cannot inflate; wall time is what a user waits."""
+    cap = int(mem_cap_gib * 2**30)
+
+    def limit() -> None:  # runs in the child before exec
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
     code = (
         "import resource, sys, time\n"
         "t0, c0 = time.perf_counter(), time.process_time()\n"
@@ -116,7 +123,9 @@ def measure(kind: str, path: str) -> tuple[float, float, float]:
         "dt, dc = time.perf_counter() - t0, time.process_time() - c0\n"
         "print(dt, dc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=limit)
+    if out.returncode != 0 and ("MemoryError" in out.stderr or "bad_alloc" in out.stderr or out.returncode < 0):
+        return None
     if out.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-2000:]}")
     seconds, cpu, rss_kib = out.stdout.split()
@@ -132,6 +141,8 @@ def main() -> None:
     p.add_argument("--annotations", type=int, default=LVIS_TRAIN_ANNOTATIONS)
     p.add_argument("--skip-official", action="store_true", help="do not run lvis.LVIS (official API)")
     p.add_argument("--regenerate", action="store_true", help="write the file again even if it exists")
+    p.add_argument("--mem-cap-gb", type=float, default=7.0,
+                   help="address-space cap of each measured process in GiB (default 7: a shared machine)")
     args = p.parse_args()
 
     if args.regenerate or not os.path.exists(args.json):
@@ -141,15 +152,20 @@ def main() -> None:
     size_gb = os.path.getsize(args.json) / 1e9
     print(f"file: {args.json} ({size_gb:.2f} GB)")
 
-    rows = [("interpreter + imports (baseline)", *measure("baseline", args.json))]
-    rows.append(("efldet LVISIndex.from_json", *measure("efldet", args.json)))
+    kinds = [("interpreter + imports (baseline)", "baseline"), ("efldet LVISIndex.from_json", "efldet")]
     if not args.skip_official:
-        rows.append(("lvis.LVIS (official API 0.5.3)", *measure("official", args.json)))
+        kinds.append(("lvis.LVIS (official API 0.5.3)", "official"))
+    rows = [(name, measure(kind, args.json, args.mem_cap_gb)) for name, kind in kinds]
     print()
     print(f"| {'index build':<34} | {'wall (s)':>8} | {'CPU (s)':>8} | {'peak RSS (GiB)':>14} |")
     print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 16}|")
-    for name, sec, cpu, rss in rows:
-        print(f"| {name:<34} | {sec:>8.1f} | {cpu:>8.1f} | {rss:>14.2f} |")
+    for name, result in rows:
+        if result is None:
+            over = f"> {args.mem_cap_gb:g} (cap)"
+            print(f"| {name:<34} | {'-':>8} | {'-':>8} | {over:>14} |")
+        else:
+            sec, cpu, rss = result
+            print(f"| {name:<34} | {sec:>8.1f} | {cpu:>8.1f} | {rss:>14.2f} |")
     print("\n(times include the imports of the baseline row; peak RSS of a process that imported torch)")
 
 

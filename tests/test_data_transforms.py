@@ -136,7 +136,8 @@ def test_resize_round_trip_of_boxes(h, w, size, xy):
     raw = torch.tensor([[min(a, c) * w, min(b, d) * h, max(a, c) * w, max(b, d) * h] for a, b, c, d in xy])
     boxes = tv_tensors.BoundingBoxes(raw, format="XYXY", canvas_size=(h, w))
     image = tv_tensors.Image(torch.zeros(3, h, w, dtype=torch.uint8))
-    _, resized = resize_shorter_side([size], max_size=1000)(image, boxes)
+    # max_size above any longer side here (200 * 120 / 16 = 1500), so the shorter side is exactly `size`
+    _, resized = resize_shorter_side([size], max_size=2000)(image, boxes)
     nh, nw = resized.canvas_size
     assert min(nh, nw) == size and abs(max(nh, nw) - size * max(h, w) / min(h, w)) < 1
     scale = torch.tensor([nw / w, nh / h, nw / w, nh / h])

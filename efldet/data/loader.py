@@ -166,7 +166,10 @@ def build_test_loader(
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Reshuffle a training loader for `epoch` (deterministic for the loader's seed)."""
-    for part in (loader.batch_sampler, loader.sampler):
+    # A plain BatchSampler has no set_epoch; its `.sampler` does. (`loader.sampler` is then DataLoader's
+    # default SequentialSampler, not ours.)
+    batch_sampler = loader.batch_sampler
+    for part in (batch_sampler, getattr(batch_sampler, "sampler", None), loader.sampler):
         if hasattr(part, "set_epoch"):
             part.set_epoch(epoch)
             return

@@ -365,8 +365,9 @@ class LVISDataset(torch.utils.data.Dataset):
 
     `ds[i]` -> (image, target): image is `tv_tensors.Image` uint8 [3, H, W] (or whatever `transforms` makes
     of it), target is a dict with `boxes` (`tv_tensors.BoundingBoxes` float32 [M, 4] xyxy pixels), `labels`
-    (int64 [M], contiguous 0..C-1), `image_id` (json id), `orig_size` ((H, W) of the file). Crowd boxes are
-    left out. `transforms(image, target)` is called with both, as torchvision.transforms.v2 expects.
+    (int64 [M], contiguous 0..C-1), `image_id` (json id), `orig_size` ((H, W) of the file) and `size`
+    ((h, w) of the returned image, after the transforms). Crowd boxes are left out. `transforms(image,
+    target)` is called with both (without `size`), as torchvision.transforms.v2 expects.
     """
 
     def __init__(
@@ -397,6 +398,31 @@ class LVISDataset(torch.utils.data.Dataset):
     @property
     def class_names(self) -> list[str]:
         return self.index.cat_names
+
+    @property
+    def category_ids(self) -> list[int]:
+        """json category id of each contiguous label (sorted ids; index = label)."""
+        return self.index.cat_ids.tolist()
+
+    @property
+    def category_names(self) -> list[str]:
+        """Category name of each contiguous label (same as `class_names`)."""
+        return self.index.cat_names
+
+    @property
+    def frequency_groups(self) -> list[str]:
+        """LVIS group 'r' / 'c' / 'f' of each contiguous label (json `frequency`, else from image counts)."""
+        return self.index.frequency.tolist()
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """int64 [len]: json image id of each dataset position."""
+        return self.index.image_ids[self.ids]
+
+    @property
+    def image_sizes(self) -> np.ndarray:
+        """int64 [len, 2]: (height, width) of each image, from the annotation file."""
+        return np.stack([self.index.heights[self.ids], self.index.widths[self.ids]], axis=1)
 
     def image_path(self, i: int) -> str:
         return os.path.join(self.image_root, self.index.file_names[int(self.ids[i])])
@@ -441,4 +467,5 @@ class LVISDataset(torch.utils.data.Dataset):
         }
         if self.transforms is not None:
             image, target = self.transforms(image, target)
+        target["size"] = (int(image.shape[-2]), int(image.shape[-1]))  # (h, w) after the transforms
         return image, target
