@@ -90,3 +90,31 @@ def test_target_size_is_the_transformed_size(tmp_path):
     image, target = ds[0]  # 20 x 40 -> shorter side 10 -> 10 x 20
     assert target["size"] == (10, 20) == tuple(image.shape[-2:]) and target["orig_size"] == (20, 40)
     torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), torch.tensor([[1.0, 1.0, 6.0, 5.0]]))
+
+
+def test_resumable_batch_sampler_starts_an_epoch_at_batch_n_in_the_same_order():
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from efldet.data import ResumableBatchSampler
+
+    class Shuffled(SequentialSampler):
+        def __init__(self, n):
+            super().__init__(range(n))
+            self.epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            return iter(torch.randperm(len(self.data_source), generator=torch.Generator().manual_seed(self.epoch))
+                        .tolist())
+
+    batches = ResumableBatchSampler(BatchSampler(Shuffled(10), 3, drop_last=False))
+    batches.set_epoch(4)
+    full = list(batches)
+    batches.set_epoch(4)
+    batches.start_at(2)
+    assert list(batches) == full[2:]
+    assert list(batches) == full            # start_at applies to one iteration only
+    batches.set_epoch(5)                    # reaches the sampler inside the plain BatchSampler
+    assert list(batches) != full and len(batches) == 4

@@ -25,6 +25,7 @@ _EXPORTS = {
         "GroupedBatchSampler",
         "InferenceSampler",
         "RepeatFactorSampler",
+        "ResumableBatchSampler",
         "aspect_ratio_groups",
         "repeat_factors",
     ),

@@ -25,6 +25,7 @@ from efldet.data.samplers import (
     GroupedBatchSampler,
     InferenceSampler,
     RepeatFactorSampler,
+    ResumableBatchSampler,
     aspect_ratio_groups,
 )
 from efldet.engine.dist import get_rank, get_world_size
@@ -107,8 +108,9 @@ def build_train_loader(
 ) -> DataLoader:
     """A training DataLoader: `batch_size` images per rank, sampled by `sampler` ('repeat_factor',
     'class_balanced' or 'random'), batches grouped by aspect ratio. Call `set_epoch(loader, epoch)` before
-    each epoch. `num_workers` defaults to min(2, cores); workers persist across epochs; memory is pinned when
-    CUDA is available."""
+    each epoch; `loader.batch_sampler.start_at(n)` makes the next epoch start at its batch n (resume).
+    `num_workers` defaults to min(2, cores); workers persist across epochs; memory is pinned when CUDA is
+    available."""
     num_replicas = get_world_size() if num_replicas is None else num_replicas
     rank = get_rank() if rank is None else rank
     if sampler == "repeat_factor":
@@ -136,7 +138,7 @@ def build_train_loader(
     generator = torch.Generator().manual_seed(int(seed) * 1000 + int(rank))  # per-rank augmentation stream
     return DataLoader(
         dataset,
-        batch_sampler=batches,
+        batch_sampler=ResumableBatchSampler(batches),
         collate_fn=functools.partial(collate_detection, size_divisibility=size_divisibility),
         generator=generator,
         **_loader_kwargs(num_workers, pin_memory),

@@ -262,3 +262,33 @@ class GroupedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Wraps a batch sampler so that an epoch can start at its batch n (`start_at(n)`, for resuming a run inside
+    an epoch): the skipped batches' indices are drawn, so the order is unchanged, but their images are never
+    loaded. `set_epoch` reaches the sampler that shuffles (the wrapped one, or the one inside a BatchSampler)."""
+
+    def __init__(self, batches: Sampler[list[int]]) -> None:
+        self.batches = batches
+        self._start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in (self.batches, getattr(self.batches, "sampler", None)):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+                return
+
+    def start_at(self, batch: int) -> None:
+        """The next iteration begins at batch `batch` of the epoch (then starts at 0 again)."""
+        self._start = int(batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start, self._start = self._start, 0
+        for position, batch in enumerate(self.batches):
+            if position >= start:
+                yield batch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+

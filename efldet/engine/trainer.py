@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from efldet.config import Config, dump_yaml, to_dict
+from efldet.data import build_train_loader, set_epoch
 from efldet.engine.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from efldet.engine.dist import get_rank, get_world_size, is_dist, is_main_process, reduce_mean
 from efldet.engine.ema import ModelEMA
@@ -107,51 +108,17 @@ def build_datasets(cfg: Config) -> tuple[Any, Any]:
 
 def build_train_loader_for(cfg: Config, dataset: Any) -> torch.utils.data.DataLoader:
     """The training loader of `cfg` (per-rank batch = global batch / world size), resumable inside an epoch."""
-    from efldet.data import build_train_loader
 
     world = get_world_size()
     if cfg.train.batch_size % world:
         raise UserInputError(f"train.batch_size = {cfg.train.batch_size} (global) is not divisible by the "
                              f"{world} processes; choose a multiple of {world}")
-    loader = build_train_loader(
+    return build_train_loader(
         dataset, batch_size=cfg.train.batch_size // world, sampler=cfg.data.sampler,
         rfs_threshold=cfg.data.rfs_threshold, rfs_rounding=cfg.data.rfs_rounding,
         aspect_ratio_grouping=cfg.data.aspect_ratio_grouping, seed=cfg.train.seed,
         num_workers=cfg.data.num_workers, drop_last=True,
     )
-    # Same loader, with a batch sampler that can start an epoch at batch n without loading the skipped images.
-    workers = loader.num_workers
-    return torch.utils.data.DataLoader(
-        loader.dataset, batch_sampler=ResumableBatchSampler(loader.batch_sampler), collate_fn=loader.collate_fn,
-        num_workers=workers, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
-        persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor if workers else None,
-        generator=loader.generator,
-    )
-
-
-class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Wraps a batch sampler; `start_at(n)` makes the next epoch's iteration begin at its batch n (the earlier
-    batches' indices are drawn, so the order is unchanged, but never loaded)."""
-
-    def __init__(self, batches: Any) -> None:
-        self.batches = batches
-        self._start = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.batches, "set_epoch"):
-            self.batches.set_epoch(epoch)
-
-    def start_at(self, batch: int) -> None:
-        self._start = int(batch)
-
-    def __iter__(self):
-        start, self._start = self._start, 0
-        for position, batch in enumerate(self.batches):
-            if position >= start:
-                yield batch
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 def build_test_loader_for(cfg: Config, dataset: Any) -> torch.utils.data.DataLoader:
@@ -261,7 +228,7 @@ def train(cfg: Config, *, resume: bool | str = "auto") -> dict[str, Any]:
     try:
         step_time, last_logged = time.perf_counter(), state.iteration
         while state.iteration < total_iters:
-            loader.batch_sampler.set_epoch(state.epoch)
+            set_epoch(loader, state.epoch)
             loader.batch_sampler.start_at(state.batch_in_epoch)   # resume inside an epoch: skip what was done
             batches = iter(loader)
             while state.batch_in_epoch + accum <= batches_per_epoch and state.iteration < total_iters:
