@@ -126,7 +126,7 @@ def test_bf16_autocast_ema_and_accumulation_train_on_cpu(tiny_dataset, tmp_path)
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in logged if r["kind"] == "train"]
     assert all(math.isfinite(r["loss"]) for r in train_records)
-    assert {"g_mean_r", "g_mean_c"} <= set(train_records[-1])            # EFL statistics per frequency group
+    assert {"g_mean_r", "g_mean_c", "log10_ratio_r"} <= set(train_records[-1])   # EFL statistics per group
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 

@@ -133,18 +133,21 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 # ----------------------------------------------------------------------------------------------- EFL statistics
 def loss_statistics(model: nn.Module, frequency: list[str]) -> dict[str, float]:
-    """Mean g_j (pos/neg gradient ratio) per frequency group r/c/f, when the classification loss keeps them."""
+    """Per frequency group r/c/f: the mean of g_j (the clamped pos/neg gradient ratio the loss uses) and the mean
+    log10 of the raw ratio (how far from 1 it is), when the classification loss keeps gradient statistics."""
     cls_loss = getattr(unwrap(model), "cls_loss", None)
     ratio = getattr(cls_loss, "pos_neg_ratio", None)
     if ratio is None:
         return {}
     ratio = ratio.detach().float().cpu()
+    raw = cls_loss.raw_ratio().detach().float().cpu().clamp(min=1e-12)
     groups = np.asarray(frequency)
     stats = {}
     for group in ("r", "c", "f"):
         mask = torch.from_numpy(groups == group)
         if bool(mask.any()):
             stats[f"g_mean_{group}"] = float(ratio[mask].mean())
+            stats[f"log10_ratio_{group}"] = float(raw[mask].log10().mean())
     return stats
 
 
