@@ -121,9 +121,11 @@ def write_predictions(detect: Callable[[torch.Tensor], dict[str, torch.Tensor]],
                             "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
                                      round(box[3] - box[1], 2)]})
         keep = (scores >= score_threshold).nonzero().squeeze(1)[:max_drawn]
-        drawn = draw_bounding_boxes(
-            image[:3], boxes[keep], labels=[f"{names[int(labels[i])]} {float(scores[i]):.2f}" for i in keep],
-            colors="red", width=2)
+        drawn = image[:3]
+        if keep.numel():   # nothing above the threshold: the image as it is
+            drawn = draw_bounding_boxes(
+                drawn, boxes[keep], labels=[f"{names[int(labels[i])]} {float(scores[i]):.2f}" for i in keep],
+                colors="red", width=2)
         write_png(drawn, str(out / f"{path.stem}.png"))
     json_path = out / "detections.json"
     json_path.write_text(json.dumps(results))
