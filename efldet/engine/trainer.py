@@ -333,6 +333,8 @@ def _accumulate_step(model: nn.Module, batches: Any, accum: int, device: torch.d
             if is_dist():
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item() < 1:
+                for _ in range(accum - 1 - micro):   # the step is skipped: consume its other micro-batches too
+                    next(batches)
                 return {k: float(v.detach()) for k, v in losses.items()}, False
             scaled = loss / accum
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
