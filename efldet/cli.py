@@ -366,8 +366,15 @@ def _run_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"efldet train: error: {err}", file=sys.stderr)
         return 1
+    from efldet.engine.dist import is_dist, is_main_process
+
+    main_process = is_main_process()
+    if is_dist():   # torchrun: leave the process group cleanly
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     metrics = result["metrics"]
-    if metrics:
+    if metrics and main_process:   # under torchrun every rank holds the metrics; print them once
         print(json.dumps({k: round(v, 6) for k, v in metrics.items()}))
     return 0
 

@@ -24,7 +24,7 @@ from efldet.config import Config, load_config
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic" / "demo.yaml"
 LOSSES = ("focal", "efl")
-# (classes, train images, val images, image size) of the generated set, and the iterations per loss.
+# The generated set: classes, train images, val images, image side (the iterations are in configs/synthetic/demo.yaml).
 FULL = {"classes": 40, "train_images": 2000, "val_images": 400, "image_size": 128}
 QUICK = {"classes": 8, "train_images": 60, "val_images": 16, "image_size": 64}
 
