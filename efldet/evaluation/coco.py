@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,27 +14,10 @@ from typing import Any
 import numpy as np
 
 from efldet.errors import UserInputError
-from efldet.evaluation.lvis_fast import as_detections
+from efldet.evaluation.lvis import results_as_list
 
 COCO_METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 COCO_BACKENDS = ("faster", "pycocotools")
-
-
-def _results_list(results: Any) -> list[dict[str, Any]]:
-    if isinstance(results, (str, Path)):
-        path = Path(results)
-        if not path.is_file():
-            raise UserInputError(f"results file {path} does not exist")
-        with open(path, "rb") as f:
-            data = json.load(f)
-        if not isinstance(data, list):
-            raise UserInputError(f"results file {path} must hold a json list of detections")
-        results = data
-    det = as_detections(results)
-    return [
-        {"image_id": int(i), "category_id": int(c), "bbox": [float(v) for v in b], "score": float(s)}
-        for i, c, b, s in zip(det.image_id, det.category_id, det.bbox, det.score, strict=True)
-    ]
 
 
 def evaluate_coco(
@@ -57,7 +39,7 @@ def evaluate_coco(
     gt_path = str(gt_json_path)
     if not Path(gt_path).is_file():
         raise UserInputError(f"annotation file {gt_path} does not exist")
-    dts = _results_list(results)
+    dts = results_as_list(results)
     silent = contextlib.redirect_stdout(io.StringIO())
     if backend == "faster":
         from faster_coco_eval import COCO, COCOeval_faster

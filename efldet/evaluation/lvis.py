@@ -66,8 +66,9 @@ class LVISEvalResult:
         return rows
 
 
-def _results_as_list(results: Any) -> list[dict[str, Any]]:
-    """Copies of the result dicts (the official API writes into them)."""
+def results_as_list(results: Any) -> list[dict[str, Any]]:
+    """Fresh result dicts {image_id, category_id, bbox, score} from a results json path, a list of dicts or arrays
+    (fresh copies, since the official APIs write into them); the entries are checked on the way."""
     if isinstance(results, (str, Path)):
         path = Path(results)
         if not path.is_file():
@@ -76,7 +77,7 @@ def _results_as_list(results: Any) -> list[dict[str, Any]]:
             data = json.load(f)
         if not isinstance(data, list):
             raise UserInputError(f"results file {path} must hold a json list of detections")
-        return data
+        results = data
     det = as_detections(results)
     return [
         {"image_id": int(i), "category_id": int(c), "bbox": [float(v) for v in b], "score": float(s)}
@@ -100,7 +101,7 @@ def _official(gt_path: str, results: Any, max_dets: int, per_class: int | None) 
         np.float = float  # type: ignore[attr-defined]
     from lvis import LVIS, LVISEval, LVISResults
 
-    dts = [dict(r) for r in _results_as_list(results)]
+    dts = results_as_list(results)
     if not dts:
         raise UserInputError(
             "the official lvis backend cannot evaluate an empty results list; use backend='fast'"
@@ -133,7 +134,7 @@ def _top_per_image(results: list[dict[str, Any]], max_dets: int) -> list[dict[st
 def _faster(gt_path: str, results: Any, max_dets: int, per_class: int | None) -> tuple[dict, np.ndarray]:
     from faster_coco_eval import COCO, COCOeval_faster
 
-    dts = _results_as_list(results)
+    dts = results_as_list(results)
     if per_class:
         dts = _cap_per_class(dts, per_class)
     if max_dets > 0:
