@@ -103,6 +103,17 @@ def _plt():
     return plt
 
 
+def _save_figure(fig: Any, out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """Write `fig` as <out_dir>/<name>.png (directory created) and close it; returns (out_dir, png path)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    _plt().close(fig)
+    return out, png
+
+
 def _shade_groups(ax: Any, freqs: Sequence[str]) -> None:
     """Background bands in the r/c/f colours behind consecutive runs of the same frequency group."""
     start = 0
@@ -251,12 +262,7 @@ def plot_margins(
     ax.set_ylabel("margin = mean positive score - mean negative score")
     ax.set_title("Per-category margins")
     ax.set_xlim(-0.5, len(order) - 0.5)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    out, png = _save_figure(fig, out_dir, name)
     rows = []
     for i in order:
         r = {k: base[i][k] for k in ("category_id", "name", "frequency", "image_count") if k in base[i]}
@@ -341,12 +347,7 @@ def plot_gradient_ratio(
     ax.set_xlabel("category (sorted by training image count, frequent -> rare)")
     ax.set_ylabel("positive / negative gradient (log)")
     ax.set_title(title)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    out, png = _save_figure(fig, out_dir, name)
     rows = [
         dict(categories[i])
         | {"pos_grad": float(pos_grad[i]), "neg_grad": float(neg_grad[i]), "ratio": float(ratio[i])}
@@ -414,12 +415,7 @@ def plot_ap_vs_count(
             for k, lab in enumerate(runs)
         ]
     ax.legend(handles=handles, fontsize=8)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    out, png = _save_figure(fig, out_dir, name)
     rows_out = sorted(merged.values(), key=lambda r: (-r["image_count"], r["category_id"]))
     return png, _write_csv(out / f"{name}.csv", list(rows_out[0]), rows_out)
 
@@ -455,11 +451,6 @@ def plot_ap_by_group(
     ax.set_ylabel("AP (%)")
     ax.set_title("AP per frequency group")
     ax.legend(fontsize=8)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    out, png = _save_figure(fig, out_dir, name)
     rows = [{"run": lab} | {key: m.get(key, math.nan) for key in keys} for lab, m in runs.items()]
     return png, _write_csv(out / f"{name}.csv", ["run", *keys], rows)
