@@ -20,9 +20,9 @@ _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, n
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Group trainable parameters by weight decay: conv/linear weights, norm layers, other biases, and the last
     classification layer's bias (its own decay only when `cls_bias_weight_decay` is set, as in YOLOX-IP)."""
-    cls_bias = None
+    cls_biases: set[int] = set()
     if cfg.cls_bias_weight_decay is not None:
-        cls_bias = _classification_bias(model)
+        cls_biases = {id(p) for p in _classification_biases(model)}
     groups: dict[str, list[nn.Parameter]] = {"weights": [], "norm": [], "bias": [], "cls_bias": []}
     seen: set[int] = set()
     for module in model.modules():
@@ -32,7 +32,7 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
             seen.add(id(param))
             if isinstance(module, _NORM_TYPES):
                 groups["norm"].append(param)
-            elif cls_bias is not None and param is cls_bias:
+            elif id(param) in cls_biases:
                 groups["cls_bias"].append(param)
             elif name == "bias" or param.dim() <= 1:
                 groups["bias"].append(param)
@@ -44,15 +44,15 @@ def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
             for name, params in groups.items() if params]
 
 
-def _classification_bias(model: nn.Module) -> nn.Parameter:
-    """The bias of the head's final classification conv: `model.head.cls_logits.bias` by contract."""
+def _classification_biases(model: nn.Module) -> list[nn.Parameter]:
+    """The biases of the head's final classification conv(s), by contract `model.head.classification_biases()`
+    (one per level for YOLOX's unshared head, one for the shared dense head)."""
     head = getattr(model, "head", None)
-    layer = getattr(head, "cls_logits", None)
-    bias = getattr(layer, "bias", None)
-    if not isinstance(bias, nn.Parameter):
-        raise UserInputError("optim.cls_bias_weight_decay is set but the model has no head.cls_logits.bias; "
-                             "leave it unset for this detector")
-    return bias
+    biases = head.classification_biases() if hasattr(head, "classification_biases") else []
+    if not biases or not all(isinstance(b, nn.Parameter) for b in biases):
+        raise UserInputError("optim.cls_bias_weight_decay is set but the model's head has no classification "
+                             "biases (head.classification_biases()); leave it unset for this detector")
+    return list(biases)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:

@@ -74,6 +74,10 @@ class DenseHead(nn.Module):
             layers.append(nn.ReLU(inplace=True))
         return nn.Sequential(*layers)
 
+    def classification_biases(self) -> list[nn.Parameter]:
+        """The final classification conv's bias (shared by all levels): the `optim.cls_bias_weight_decay` group."""
+        return [self.cls_logits.bias]
+
     def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
         """feats: L maps [N, in_channels, H_l, W_l] -> per level cls [N, A*C, H_l, W_l],
         box [N, A*4, H_l, W_l] (already scaled) and quality [N, A, H_l, W_l] (None without a branch)."""
