@@ -102,6 +102,17 @@ def test_quality_focal_hand_computed_value():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 2.0])
+def test_quality_focal_gradient_finite_when_prediction_equals_target(beta):
+    """|p - t|^(beta - 1) is inf at p = t for beta < 1: the gradient there must be the subgradient 0, not NaN."""
+    logits = torch.tensor([[0.7, -1.0]], requires_grad=True)
+    target = torch.sigmoid(logits.detach()[:, 0])  # the positive's prediction equals its target exactly
+    quality_focal_loss(logits, torch.tensor([0]), target, beta=beta).backward()
+    assert torch.isfinite(logits.grad).all()
+    if beta > 1.0:  # the positive's gradient is exactly 0 where p = t (both terms vanish)
+        assert logits.grad[0, 0].item() == 0.0
+
+
 @pytest.mark.parametrize("kind", ["efl", "efl_ff_only", "efl_wf_only", "eqfl", "eqlv2", "qfl"])
 def test_losses_match_plain_autograd_reference(kind):
     num_classes = 6

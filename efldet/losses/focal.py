@@ -77,8 +77,10 @@ def _positive_terms(x: torch.Tensor, gamma: torch.Tensor, weight: torch.Tensor, 
     loss = weight * mod * bce
     if not need_grad:
         return loss, None
-    # |d|^(gamma - 1) sign(d) written as d |d|^(gamma - 2) would divide by zero; pow handles 0 ** positive.
-    dmod = gamma * abs_diff.pow(gamma - 1.0) * torch.sign(diff) * p * (1.0 - p)
+    # |d|^(gamma - 1) sign(d): at d = 0 the factor is 0 for gamma > 1 (pow handles 0 ** positive) and is taken as 0
+    # (the subgradient) for gamma <= 1, where 0 ** (gamma - 1) would be inf and inf * sign(0) NaN.
+    slope = torch.where(abs_diff > 0, abs_diff.pow(gamma - 1.0), torch.zeros_like(abs_diff))
+    dmod = gamma * slope * torch.sign(diff) * p * (1.0 - p)
     return loss, weight * (dmod * bce + mod * diff)
 
 
