@@ -101,8 +101,10 @@ def collect_margins(model: nn.Module, dataset: Any, cfg: Any, device: torch.devi
     for images, targets in build_test_loader_for(cfg, dataset):
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
         feats = model.features(images.to(device))
-        cls, _, _ = model.predict_raw(feats)                                # [N, K, C]
-        labels = model.anchor_labels(model.assign(model.priors(feats), targets), targets)   # [N, K]
+        cls, box_reg, quality = model.predict_raw(feats)                    # [N, K, C], [N, K, 4], [N, K]
+        matched = model.assign(model.priors(feats), targets, cls, box_reg, quality)
+        matched = matched[0] if isinstance(matched, tuple) else matched  # YOLOX also returns the IoUs
+        labels = model.anchor_labels(matched, targets)                     # [N, K]
         accumulator.update(cls.float().sigmoid().flatten(0, 1), labels.flatten())  # [N*K, C], [N*K]
     model.train(was_training)
     return accumulator

@@ -4,7 +4,8 @@
 ATSS (top-k 18) with anchors {6, 8} x stride, ratio 1, IoU branch, GIoU weighted by the IoU target,
 GN(32) head with 4 convs per tower, prior 0.001, ResNet-50 with frozen stem + stage 1 and frozen BN,
 FPN P3-P7 with 256 channels, LVIS v1 (1203 classes). Fields left `None` take the chosen detector's own
-value from `DETECTORS`. The later config system nests this dataclass as the `model:` section.
+value from `DETECTORS` (or `YOLOX_DETECTORS`). The later config system nests this dataclass as the `model:`
+section.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from efldet.losses import (
 )
 from efldet.models.anchors import AnchorGenerator, PointGenerator
 from efldet.models.assigners import atss_assign, fcos_assign, max_iou_assign
-from efldet.models.backbones import ResNet, TinyBackbone
+from efldet.models.backbones import YOLOX_SIZES, CSPDarknet, ResNet, TinyBackbone
 from efldet.models.detector import DenseDetector
-from efldet.models.heads import DenseHead
-from efldet.models.necks import FPN
+from efldet.models.heads import DenseHead, YOLOXHead
+from efldet.models.necks import FPN, PAFPN
+from efldet.models.yolox import SoftTargetBCELoss, YOLOXDetector
 
 _RETINANET_SCALES = (4.0, 4.0 * 2 ** (1 / 3), 4.0 * 2 ** (2 / 3))
 
@@ -50,6 +52,24 @@ DETECTORS: dict[str, dict] = {
              "topk": None},
 }
 
+# Detectors on YOLOX's network (CSPDarknet `backbone.size` + PAFPN + decoupled `YOLOXHead`, strides 8-32). They
+# need `backbone.name: cspdarknet`; neck.channels, head.num_convs and head.norm_groups do not apply to them.
+# Extra keys: box_loss / l1_weight, the defaults of loss.box_loss / loss.l1_weight.
+YOLOX_DETECTORS: dict[str, dict] = {
+    # YOLOX-IP (Appendix A): the improved baseline's supervision and predictor (ATSS top-k 18, anchors {6, 8} x
+    # stride, IoU branch) on YOLOX's network, IoU + L1 box loss; a `DenseDetector`
+    "yolox_ip": {"priors": "anchor", "assigner": "atss", "quality": "iou", "scales": (6.0, 8.0),
+                 "ratios": (1.0,), "topk": 18, "box_loss": "iou", "l1_weight": 1.0},
+    # the original YOLOX (the "Sigmoid" rows of Table 8): anchor-free points, SimOTA, objectness, YOLOX's IoU (x5)
+    # and L1 losses (L1 switched on by the trainer for the last data.no_aug_epochs); a `YOLOXDetector`
+    "yolox": {"priors": "point", "assigner": "simota", "quality": "obj", "scales": None, "ratios": None,
+              "topk": None},
+}
+
+# Losses that the original YOLOX applies to its positive points only (objectness carries the negatives);
+# every other loss (the focal family) runs on all points, since it needs the negatives.
+POSITIVES_ONLY_LOSSES = ("bce_iou", "bce")
+
 # Classification losses by name -> (class, the LossConfig fields it takes, whether it takes num_classes).
 LOSSES: dict[str, tuple[type[nn.Module], tuple[str, ...], bool]] = {
     "focal": (FocalLoss, ("alpha", "gamma"), False),
@@ -60,22 +80,24 @@ LOSSES: dict[str, tuple[type[nn.Module], tuple[str, ...], bool]] = {
     "eqlv2_focal": (EQLv2FocalLoss, ("alpha", "gamma", "eqlv2_gamma", "eqlv2_mu", "eqlv2_alpha"), True),
     "qfl": (QualityFocalLoss, ("beta",), False),
     "bce": (SigmoidBCELoss, (), False),
+    "bce_iou": (SoftTargetBCELoss, (), False),  # YOLOX: BCE with target one-hot x IoU
 }
 
 
 @dataclass
 class BackboneConfig:
-    name: str = "resnet"  # "resnet" (torchvision ResNet) | "tiny" (our small conv-GN CPU backbone)
+    name: str = "resnet"  # "resnet" (torchvision ResNet) | "tiny" (our small conv-GN CPU backbone) | "cspdarknet"
     depth: int = 50  # ResNet depth: 18 | 34 | 50 | 101
     weights: str | None = None  # torchvision ResNet state dict: local path or http(s) URL; None = random init
     frozen_stages: int = 1  # ResNet stages frozen: 1 = stem + layer1 (paper), 0 = none
     norm: str = "frozen_bn"  # ResNet norm: "frozen_bn" (paper) | "bn"
     tiny_widths: tuple[int, ...] = (16, 32, 64, 96, 128)  # "tiny" only: channels of its 5 stages
+    size: str = "s"  # "cspdarknet" only: YOLOX size nano | tiny | s | m | l | x (also the PAFPN depth and head width)
 
 
 @dataclass
 class NeckConfig:
-    channels: int = 256  # FPN P3-P7 channels (also the head's width)
+    channels: int = 256  # FPN P3-P7 channels (also the head's width); YOLOX detectors: set by backbone.size
 
 
 @dataclass
@@ -103,7 +125,7 @@ class AssignerConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "focal"  # classification loss: focal | efl | eqfl | eqlv2_focal | qfl | bce
+    name: str = "focal"  # classification loss: focal | efl | eqfl | eqlv2_focal | qfl | bce | bce_iou (YOLOX)
     alpha: float = 0.25  # focal / efl / eqlv2_focal balance factor
     gamma: float = 2.0  # focal / eqlv2_focal focusing parameter
     gamma_b: float = 2.0  # efl / eqfl base focusing factor
@@ -114,7 +136,9 @@ class LossConfig:
     eqlv2_gamma: float = 12.0  # eqlv2_focal: mapping function slope
     eqlv2_mu: float = 0.8  # eqlv2_focal: mapping function centre
     eqlv2_alpha: float = 4.0  # eqlv2_focal: positive re-weighting strength
-    box_weight: float = 2.0  # multiplier of the GIoU box loss
+    box_weight: float = 2.0  # multiplier of the box loss (GIoU or IoU, see box_loss)
+    box_loss: str | None = None  # "giou" | "iou" (YOLOX's 1 - IoU^2); None = detector's (yolox_ip: iou, others giou)
+    l1_weight: float | None = None  # L1 loss on the encoded box regression; None = detector's (yolox_ip 1, others 0)
     box_coder_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)  # anchor delta coding (wx, wy, ww, wh)
 
 
@@ -130,7 +154,7 @@ class TestConfig:
 
 @dataclass
 class DetectorConfig:
-    name: str = "atss_iou"  # atss_iou (improved baseline) | atss | retinanet | fcos
+    name: str = "atss_iou"  # atss_iou (improved baseline) | atss | retinanet | fcos | yolox_ip (Appendix A) | yolox
     num_classes: int = 1203  # foreground classes C (LVIS v1: 1203)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
@@ -157,35 +181,81 @@ def build_cls_loss(cfg: LossConfig, num_classes: int) -> nn.Module:
     return cls(num_classes=num_classes, **kwargs) if takes_classes else cls(**kwargs)
 
 
-def build_detector(cfg: DetectorConfig) -> DenseDetector:
-    """Build the detector described by `cfg` (see `DetectorConfig`)."""
-    preset = DETECTORS[_choice(cfg.name, DETECTORS, "name")]
-    if cfg.num_classes < 1:
-        raise UserInputError(f"num_classes must be >= 1, got {cfg.num_classes}")
-    bb = cfg.backbone
-    backbone: nn.Module
-    if _choice(bb.name, ("resnet", "tiny"), "backbone.name") == "resnet":
-        backbone = ResNet(bb.depth, frozen_stages=bb.frozen_stages, norm=bb.norm, weights=bb.weights)
-    else:
-        if len(bb.tiny_widths) != 5:
-            raise UserInputError(f"backbone.tiny_widths needs 5 widths, got {list(bb.tiny_widths)}")
-        backbone = TinyBackbone(widths=bb.tiny_widths)
-    neck = FPN(in_channels=backbone.out_channels, out_channels=cfg.neck.channels)
+def build_backbone(cfg: BackboneConfig) -> nn.Module:
+    """The backbone named by `cfg.name`: image [N,3,H,W] -> [C3, C4, C5], with `out_channels`."""
+    name = _choice(cfg.name, ("resnet", "tiny", "cspdarknet"), "backbone.name")
+    if name == "resnet":
+        return ResNet(cfg.depth, frozen_stages=cfg.frozen_stages, norm=cfg.norm, weights=cfg.weights)
+    if name == "cspdarknet":
+        return CSPDarknet.from_size(_choice(cfg.size, YOLOX_SIZES, "backbone.size"))
+    if len(cfg.tiny_widths) != 5:
+        raise UserInputError(f"backbone.tiny_widths needs 5 widths, got {list(cfg.tiny_widths)}")
+    return TinyBackbone(widths=cfg.tiny_widths)
+
+
+def _yolox_multipliers(cfg: DetectorConfig) -> tuple[float, float, bool]:
+    if cfg.backbone.name != "cspdarknet":
+        raise UserInputError(f"model.name = {cfg.name!r} runs on YOLOX's network: set model.backbone.name to "
+                             f"'cspdarknet' (and model.backbone.size), not {cfg.backbone.name!r}")
+    return YOLOX_SIZES[_choice(cfg.backbone.size, YOLOX_SIZES, "backbone.size")]
+
+
+def build_yolox_network(cfg: DetectorConfig, *, num_anchors: int, quality: str) -> tuple[CSPDarknet, PAFPN, YOLOXHead]:
+    """YOLOX's CSPDarknet + PAFPN + decoupled head of size `cfg.backbone.size` for `cfg.num_classes` classes,
+    `num_anchors` priors per location and a `quality` ("obj" | "iou") branch; the head's classification prior is
+    `cfg.head.prior_prob`. Shared by the YOLOX presets (yolox_ip here, the original YOLOX's `YOLOXDetector`)."""
+    depth_multiplier, width_multiplier, depthwise = _yolox_multipliers(cfg)
+    backbone = CSPDarknet(depth_multiplier=depth_multiplier, width_multiplier=width_multiplier, depthwise=depthwise)
+    neck = PAFPN(in_channels=backbone.out_channels, depth_multiplier=depth_multiplier, depthwise=depthwise)
+    head = YOLOXHead(in_channels=neck.out_channels, width=int(256 * width_multiplier), num_classes=cfg.num_classes,
+                     num_anchors=num_anchors, quality=quality, prior_prob=cfg.head.prior_prob, depthwise=depthwise)
+    return backbone, neck, head
+
+
+def _prior_generator(cfg: DetectorConfig, preset: dict) -> AnchorGenerator | PointGenerator:
+    """Anchors (scales / ratios from `cfg.anchors` or the preset) or points at the preset's neck strides."""
+    strides = (8, 16, 32) if cfg.name in YOLOX_DETECTORS else (8, 16, 32, 64, 128)  # PAFPN P3-P5 | FPN P3-P7
     if preset["priors"] == "anchor":
         scales = cfg.anchors.scales if cfg.anchors.scales is not None else preset["scales"]
         ratios = cfg.anchors.ratios if cfg.anchors.ratios is not None else preset["ratios"]
-        priors: AnchorGenerator | PointGenerator = AnchorGenerator(
-            strides=neck.strides, scales=scales, ratios=ratios, offset=cfg.anchors.offset
+        return AnchorGenerator(strides=strides, scales=scales, ratios=ratios, offset=cfg.anchors.offset)
+    return PointGenerator(strides=strides, offset=cfg.anchors.offset)
+
+
+def build_detector(cfg: DetectorConfig) -> DenseDetector | YOLOXDetector:
+    """Build the detector described by `cfg` (see `DetectorConfig`)."""
+    presets = {**DETECTORS, **YOLOX_DETECTORS}
+    preset = presets[_choice(cfg.name, presets, "name")]
+    if cfg.num_classes < 1:
+        raise UserInputError(f"num_classes must be >= 1, got {cfg.num_classes}")
+    if cfg.name == "yolox":
+        backbone, neck, head = build_yolox_network(cfg, num_anchors=1, quality="obj")
+        return YOLOXDetector(
+            backbone=backbone, neck=neck, head=head, num_classes=cfg.num_classes, strides=neck.strides,
+            cls_loss=build_cls_loss(cfg.loss, cfg.num_classes),
+            cls_positives_only=cfg.loss.name in POSITIVES_ONLY_LOSSES,
+            test_pre_nms_topk=cfg.test.pre_nms_topk, test_score_thresh=cfg.test.score_thresh,
+            test_nms_iou=cfg.test.nms_iou, test_max_per_image=cfg.test.max_per_image,
         )
-    else:
-        priors = PointGenerator(strides=neck.strides, offset=cfg.anchors.offset)
+    priors = _prior_generator(cfg, preset)
     quality = cfg.head.quality if cfg.head.quality is not None else preset["quality"]
-    _choice(quality, ("iou", "centerness", "none"), "head.quality")
-    head = DenseHead(
-        in_channels=cfg.neck.channels, num_classes=cfg.num_classes, num_anchors=priors.num_anchors,
-        num_convs=cfg.head.num_convs, norm_groups=cfg.head.norm_groups, quality=quality,
-        prior_prob=cfg.head.prior_prob, num_levels=len(neck.strides),
-    )
+    backbone: nn.Module
+    neck: nn.Module
+    head: nn.Module
+    if cfg.name in YOLOX_DETECTORS:
+        _choice(quality, ("iou",), "head.quality")  # the one quality branch both YOLOXHead and DenseDetector know
+        backbone, neck, head = build_yolox_network(cfg, num_anchors=priors.num_anchors, quality=quality)
+    else:
+        _choice(quality, ("iou", "centerness", "none"), "head.quality")
+        backbone = build_backbone(cfg.backbone)
+        neck = FPN(in_channels=backbone.out_channels, out_channels=cfg.neck.channels)
+        head = DenseHead(
+            in_channels=cfg.neck.channels, num_classes=cfg.num_classes, num_anchors=priors.num_anchors,
+            num_convs=cfg.head.num_convs, norm_groups=cfg.head.norm_groups, quality=quality,
+            prior_prob=cfg.head.prior_prob, num_levels=len(neck.strides),
+        )
+    if tuple(neck.strides) != priors.strides:
+        raise ValueError(f"neck strides {neck.strides} differ from the prior strides {priors.strides}")
     if preset["assigner"] == "atss":
         topk = cfg.assigner.atss_topk if cfg.assigner.atss_topk is not None else preset["topk"]
         assigner = functools.partial(atss_assign, topk=topk)
@@ -195,10 +265,15 @@ def build_detector(cfg: DetectorConfig) -> DenseDetector:
         assigner = functools.partial(
             fcos_assign, strides=neck.strides, center_radius=cfg.assigner.center_radius
         )
+    box_loss = cfg.loss.box_loss if cfg.loss.box_loss is not None else preset.get("box_loss", "giou")
+    l1_weight = cfg.loss.l1_weight if cfg.loss.l1_weight is not None else preset.get("l1_weight", 0.0)
+    if not l1_weight >= 0:
+        raise UserInputError(f"loss.l1_weight must be >= 0, got {l1_weight}")
     return DenseDetector(
         backbone=backbone, neck=neck, head=head, prior_generator=priors, assigner=assigner,
         cls_loss=build_cls_loss(cfg.loss, cfg.num_classes), num_classes=cfg.num_classes,
         box_coder_weights=cfg.loss.box_coder_weights, box_loss_weight=cfg.loss.box_weight,
+        box_loss=_choice(box_loss, ("giou", "iou"), "loss.box_loss"), l1_loss_weight=l1_weight,
         test_pre_nms_topk=cfg.test.pre_nms_topk, test_score_thresh=cfg.test.score_thresh,
         test_nms_iou=cfg.test.nms_iou, test_max_per_image=cfg.test.max_per_image,
     )

@@ -33,6 +33,15 @@ def network_flops(model: DenseDetector, input_size: tuple[int, int]) -> int:
     return int(counter.get_total_flops())
 
 
+def _backbone_name(cfg: DetectorConfig) -> str:
+    """Short backbone name for the summary: "resnet50", "tiny", "cspdarknet-s", ..."""
+    if cfg.backbone.name == "resnet":
+        return f"resnet{cfg.backbone.depth}"
+    if cfg.backbone.name == "cspdarknet":
+        return f"cspdarknet-{cfg.backbone.size}"
+    return cfg.backbone.name
+
+
 def detector_summary(cfg: DetectorConfig, input_size: tuple[int, int] = (800, 1333)) -> dict:
     """Summary of the detector `cfg` describes, built without weights on the meta device (no memory, no
     compute): name, classes, priors per location, parameters (total / trainable / per component), FLOPs."""
@@ -49,7 +58,7 @@ def detector_summary(cfg: DetectorConfig, input_size: tuple[int, int] = (800, 13
     return {
         "name": cfg.name,
         "num_classes": cfg.num_classes,
-        "backbone": cfg.backbone.name + (str(cfg.backbone.depth) if cfg.backbone.name == "resnet" else ""),
+        "backbone": _backbone_name(cfg),
         "priors_per_location": model.prior_generator.num_anchors,
         "quality": model.head.quality,
         "cls_loss": type(model.cls_loss).__name__,
