@@ -1,4 +1,4 @@
-"""ONNX export of a `DenseDetector` and inference through onnxruntime.
+"""ONNX export of a detector (`DenseDetector`, or the original YOLOX's `YOLOXDetector`) and onnxruntime inference.
 
 The exported graph takes `images` float32 [N, 3, H, W], already resized and normalised as `efldet predict` does
 (`efldet.data.eval_transforms`: shorter side `test_short_side`, longer <= `max_size`, ImageNet mean / std; the
@@ -35,6 +35,9 @@ from torch import Tensor, nn
 from efldet.errors import UserInputError
 from efldet.models.anchors import AnchorGenerator, _grid_centers
 from efldet.models.detector import DenseDetector
+from efldet.models.yolox import YOLOXDetector
+
+Detector = DenseDetector | YOLOXDetector  # what the graph supports: same features / predict_raw / decode split
 
 OPSET = 18  # ONNX opset of the exported graph (NonMaxSuppression, TopK with a dynamic k)
 NO_NMS_OUTPUTS = ("boxes", "scores", "level_sizes")
@@ -98,7 +101,7 @@ def _at_most(size: int | Tensor, limit: int) -> int | Tensor:
 
 
 # --------------------------------------------------------------------------------------- graph pieces
-def traceable_priors(detector: DenseDetector, feats: list[Tensor]) -> list[Tensor]:
+def traceable_priors(detector: Detector, feats: list[Tensor]) -> list[Tensor]:
     """The detector's priors (anchors [K_l, 4] or points [K_l, 2] per level) from the feature maps' sizes (traced
     values while exporting): the same values as `detector.priors`, without its cache keyed by Python sizes."""
     generator = detector.prior_generator
@@ -142,7 +145,7 @@ def top_candidates(scores: Tensor, boxes: Tensor, level_sizes: Sequence[int], pr
 
 
 class ExportableDetector(nn.Module):
-    """A `DenseDetector` as a graph of traceable ops: images [N, 3, H, W] -> the outputs in the module docstring.
+    """A detector as a graph of traceable ops: images [N, 3, H, W] -> the outputs in the module docstring.
 
     Args:
         detector: the trained detector (its test settings `test_*` drive the post-processing).
@@ -150,7 +153,7 @@ class ExportableDetector(nn.Module):
             (`NO_NMS_OUTPUTS`).
     """
 
-    def __init__(self, detector: DenseDetector, *, with_nms: bool = False) -> None:
+    def __init__(self, detector: Detector, *, with_nms: bool = False) -> None:
         super().__init__()
         self.detector = detector
         self.with_nms = with_nms
@@ -200,7 +203,7 @@ class ExportableDetector(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- export
-def export_onnx(model: DenseDetector, out: str | Path, *, input_size: tuple[int, int] = (800, 1333),
+def export_onnx(model: Detector, out: str | Path, *, input_size: tuple[int, int] = (800, 1333),
                 with_nms: bool = False, metadata: dict[str, Any] | None = None) -> Path:
     """Export `model` (in eval mode) to the ONNX file `out` (opset `OPSET`, dynamic batch / height / width; the
     outputs in the module docstring) and write `metadata` (plus opset, outputs, score formula and the test

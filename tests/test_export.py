@@ -20,7 +20,7 @@ from efldet.export import OPSET, ExportableDetector, OnnxDetector, export_onnx  
 from efldet.models import DetectorConfig, build_detector  # noqa: E402
 from efldet.models.build import BackboneConfig, HeadConfig, NeckConfig  # noqa: E402
 
-FAMILIES = ("atss_iou", "atss", "retinanet", "fcos")
+FAMILIES = ("atss_iou", "atss", "retinanet", "fcos", "yolox_ip", "yolox")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,15 +33,50 @@ def one_thread():
 
 
 def tiny_detector(name: str, seed: int = 0) -> torch.nn.Module:
-    """A few-thousand-parameter detector whose scores are spread out (no near-ties that could reorder NMS)."""
+    """A small detector whose scores are spread out (no near-ties that could reorder NMS): a few thousand
+    parameters for the FPN families, YOLOX-Nano's network for the YOLOX ones."""
     torch.manual_seed(seed)
-    cfg = DetectorConfig(name=name, num_classes=5, backbone=BackboneConfig(name="tiny", tiny_widths=(8, 8, 16, 16, 16)),
-                         neck=NeckConfig(channels=16), head=HeadConfig(num_convs=0, norm_groups=4))
+    if name.startswith("yolox"):
+        cfg = DetectorConfig(name=name, num_classes=5, backbone=BackboneConfig(name="cspdarknet", size="nano"))
+    else:
+        cfg = DetectorConfig(name=name, num_classes=5,
+                             backbone=BackboneConfig(name="tiny", tiny_widths=(8, 8, 16, 16, 16)),
+                             neck=NeckConfig(channels=16), head=HeadConfig(num_convs=0, norm_groups=4))
     model = build_detector(cfg).eval()
-    torch.nn.init.normal_(model.head.cls_logits.weight, std=0.3)
-    if model.head.quality_logits is not None:
-        torch.nn.init.normal_(model.head.quality_logits.weight, std=0.3)
+    if name.startswith("yolox"):
+        _condition_yolox(model)
+        return model
+    head = model.head
+    for layer in (head.cls_logits, head.quality_logits):
+        if layer is not None:
+            torch.nn.init.normal_(layer.weight, std=0.3)
     return model
+
+
+def _condition_yolox(model: torch.nn.Module) -> None:
+    """An untrained conv-BN network in eval mode (BN = identity) shrinks its features to ~0 and every score to the
+    prior. Give the BNs the statistics of one random batch, then scale every prediction conv so that its outputs
+    have a fixed spread on that batch (classification / quality logits std 2, box regression std 0.05): spread
+    scores, moderate boxes, and logits small enough for a float32 comparison."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: one batch sets the statistics
+    images = torch.randn(8, 3, 256, 256, generator=torch.Generator().manual_seed(5))  # enough pixels at stride 32
+    head = model.head
+    with torch.no_grad():
+        model.train()
+        head(model.features(images))
+        model.eval()
+        for level, feat in enumerate(model.features(images)):
+            stem = head.stems[level](feat)
+            cls_feat, reg_feat = head.cls_convs[level](stem), head.reg_convs[level](stem)
+            head.obj_preds[level].bias.zero_()  # objectness / IoU around 0.5, not at YOLOX's prior of 0.01
+            preds = ((head.cls_preds[level], cls_feat, 2.0), (head.obj_preds[level], reg_feat, 2.0),
+                     (head.reg_preds[level], reg_feat, 0.05))
+            for layer, inputs, spread in preds:
+                torch.nn.init.normal_(layer.weight)
+                layer.weight.mul_(spread / (layer(inputs) - layer.bias[:, None, None]).std())
 
 
 def detection_rows(det: dict[str, torch.Tensor]) -> np.ndarray:
@@ -52,7 +87,8 @@ def detection_rows(det: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("name", "max_per_image", "score_thresh"),
-                         [("atss_iou", 7, 0.2), ("atss", 300, 0.0), ("retinanet", 300, 0.0), ("fcos", 300, 0.0)])
+                         [("atss_iou", 7, 0.2), ("atss", 300, 0.0), ("retinanet", 300, 0.0), ("fcos", 300, 0.0),
+                          ("yolox_ip", 300, 0.0), ("yolox", 50, 0.05)])
 def test_onnxruntime_matches_pytorch_before_and_after_nms(name, max_per_image, score_thresh, tmp_path):
     model = tiny_detector(name)
     model.test_max_per_image, model.test_score_thresh = max_per_image, score_thresh
