@@ -37,6 +37,20 @@ class DataConfig:
     rfs_rounding: str = "ceil"  # RFS rounding: ceil (paper) | stochastic | floor | round
     aspect_ratio_grouping: bool = True  # batch images of the same orientation together
     num_workers: int = 2  # DataLoader worker processes per rank
+    # YOLOX strong augmentation (Appendix A, YOLOX-IP). Off by default; every field below needs strong_aug.
+    strong_aug: bool = False  # Mosaic + random affine + MixUp + HSV + flip on square images (train_short_sides unused)
+    input_size: int = 640  # side of the square training images (pixels) when multiscale_range is unset
+    multiscale_range: tuple[int, int] | None = None  # [low, high] sides (pixels, step 32) per batch (YOLOX: [448, 832])
+    multiscale_interval: int = 10  # batches between two multi-scale size draws (YOLOX: 10 iterations)
+    mosaic_prob: float = 1.0  # probability that an image is a Mosaic (with random affine and maybe MixUp)
+    mixup_prob: float = 1.0  # probability of MixUp after a Mosaic
+    mosaic_scale: tuple[float, float] = (0.1, 2.0)  # [low, high] scale of the Mosaic's random affine
+    mixup_scale: tuple[float, float] = (0.5, 1.5)  # [low, high] scale of the MixUp partner image
+    affine_degrees: float = 10.0  # random affine rotation range, +- degrees
+    affine_translate: float = 0.1  # random affine translation range, +- fraction of the side
+    affine_shear: float = 2.0  # random affine shear range, +- degrees on each axis
+    hsv_gains: tuple[float, float, float] = (5.0, 30.0, 30.0)  # hue / saturation / value jitter (OpenCV 8-bit units)
+    no_aug_epochs: int = 0  # last epochs without Mosaic / MixUp, on plain resized images (YOLOX: 15)
 
 
 @dataclass

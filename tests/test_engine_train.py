@@ -164,3 +164,27 @@ def test_sigterm_writes_a_checkpoint_before_exiting(tiny_dataset, tmp_path):
     assert "stopped by SIGTERM" in err
     ckpt = load_checkpoint(run / "last.pt")
     assert 1 <= ckpt["iteration"] < 100000
+
+
+def test_yolox_final_phase_switches_off_strong_augmentation_and_on_the_l1_loss(tiny_dataset, tmp_path, monkeypatch):
+    """Original YOLOX with Mosaic / MixUp for 2 epochs of 10 iterations, the last one without them and with L1."""
+    from efldet.models.yolox import YOLOXDetector
+
+    seen = []
+    original = YOLOXDetector.compute_losses
+
+    def record(self, *args, **kwargs):
+        losses = original(self, *args, **kwargs)
+        seen.append((self.use_l1, float(losses["loss_l1"].detach())))
+        return losses
+
+    monkeypatch.setattr(YOLOXDetector, "compute_losses", record)
+    cfg = load_config(TINY, tiny_overrides(
+        tiny_dataset, tmp_path / "run", "model.name=yolox", "model.backbone.name=cspdarknet",
+        "model.backbone.size=nano", "model.loss.name=bce_iou", "data.strong_aug=true", "data.input_size=64",
+        "data.no_aug_epochs=1", "data.sampler=random", "train.epochs=2", "train.max_iters=null", "eval.at_end=false"))
+    result = train(cfg, resume=False)
+    assert result["iteration"] == 20 and len(seen) == 20
+    assert [use for use, _ in seen] == [False] * 10 + [True] * 10
+    assert all(value == 0.0 for _, value in seen[:10]) and all(value > 0.0 for _, value in seen[10:])
+    assert result["model"].use_l1  # the model ends in the final phase

@@ -1,5 +1,6 @@
 """Everything between a dataset on disk and a batch of tensors: COCO/LVIS json (at LVIS scale), long-tail
-samplers, torchvision transforms, batching, and the synthetic long-tailed benchmark.
+samplers, torchvision transforms, YOLOX's strong augmentation (Mosaic / MixUp), batching, and the synthetic
+long-tailed benchmark.
 
 Names are imported on first use (PEP 562), so `efldet data synth` and the category metadata do not pay for
 importing torch.
@@ -11,13 +12,27 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "efldet.data.augment": (
+        "AugmentBatchSampler",
+        "MosaicMixUpDataset",
+        "RandomHSV",
+        "SampleKey",
+        "adjust_hsv",
+        "box_candidates",
+        "multiscale_sizes",
+        "random_affine",
+    ),
     "efldet.data.categories": ("FREQUENCY_GROUPS", "frequency_groups", "packaged_lvis_categories"),
     "efldet.data.loader": (
+        "augment_loader_kwargs",
         "build_test_loader",
+        "build_train_dataset",
         "build_train_loader",
         "collate_detection",
+        "normalize_transforms",
         "pad_images",
         "set_epoch",
+        "set_strong_aug_epochs",
     ),
     "efldet.data.lvis": ("ImageReadError", "LVISDataset", "LVISIndex", "read_image"),
     "efldet.data.samplers": (

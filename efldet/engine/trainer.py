@@ -12,6 +12,7 @@ Run directory (`output_dir`): config.yaml, metrics.jsonl, tensorboard/, iter_<N>
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import signal
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from efldet.config import Config, dump_yaml, to_dict
-from efldet.data import build_train_loader, set_epoch
+from efldet.data import augment_loader_kwargs, build_train_loader, set_epoch, set_strong_aug_epochs
 from efldet.engine.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from efldet.engine.dist import get_rank, get_world_size, is_dist, is_main_process, reduce_mean
 from efldet.engine.ema import ModelEMA
@@ -88,7 +89,7 @@ def data_path(root: str, path: str) -> str:
 
 def build_datasets(cfg: Config) -> tuple[Any, Any]:
     """(train, val) `LVISDataset`s with the configured transforms; errors name the missing file and the key."""
-    from efldet.data import LVISDataset, eval_transforms, train_transforms
+    from efldet.data import LVISDataset, build_train_dataset, eval_transforms
 
     d = cfg.data
     for key, path in (("data.train_ann", d.train_ann), ("data.val_ann", d.val_ann)):
@@ -96,8 +97,8 @@ def build_datasets(cfg: Config) -> tuple[Any, Any]:
         if not os.path.isfile(full):
             raise UserInputError(f"{key}: annotation file {full} not found (data.root = {d.root!r}); generate the "
                                  "synthetic set with `efldet data synth --out DIR` and pass data.root=DIR")
-    train_set = LVISDataset(data_path(d.root, d.train_ann), data_path(d.root, d.train_images),
-                            transforms=train_transforms(d.train_short_sides, d.max_size, d.flip_prob))
+    train_set = build_train_dataset(d, data_path(d.root, d.train_ann), data_path(d.root, d.train_images),
+                                    seed=cfg.train.seed)
     val_set = LVISDataset(data_path(d.root, d.val_ann), data_path(d.root, d.val_images),
                           transforms=eval_transforms(d.test_short_side, d.max_size))
     if train_set.num_classes != cfg.model.num_classes:
@@ -117,7 +118,7 @@ def build_train_loader_for(cfg: Config, dataset: Any) -> torch.utils.data.DataLo
         dataset, batch_size=cfg.train.batch_size // world, sampler=cfg.data.sampler,
         rfs_threshold=cfg.data.rfs_threshold, rfs_rounding=cfg.data.rfs_rounding,
         aspect_ratio_grouping=cfg.data.aspect_ratio_grouping, seed=cfg.train.seed,
-        num_workers=cfg.data.num_workers, drop_last=True,
+        num_workers=cfg.data.num_workers, drop_last=True, **augment_loader_kwargs(cfg.data, epochs=cfg.train.epochs),
     )
 
 
@@ -196,6 +197,11 @@ def train(cfg: Config, *, resume: bool | str = "auto") -> dict[str, Any]:
                              f"than train.grad_accum = {accum}; lower train.batch_size or train.grad_accum")
     total_iters = cfg.train.max_iters if cfg.train.max_iters is not None else cfg.train.epochs * iters_per_epoch
     schedule = LRSchedule(cfg.optim, iters_per_epoch=iters_per_epoch, total_iters=total_iters)
+    # YOLOX's last phase: the last data.no_aug_epochs epochs without Mosaic / MixUp and, for the original YOLOX,
+    # with its L1 box loss (`YOLOXDetector.use_l1`); the epoch count follows train.max_iters when that is set.
+    final_phase_start = math.ceil(total_iters / iters_per_epoch) - cfg.data.no_aug_epochs
+    if cfg.data.strong_aug:
+        set_strong_aug_epochs(loader, final_phase_start)
     state = TrainState()
     frequency = [str(f) for f in train_set.index.frequency]
 
@@ -232,6 +238,8 @@ def train(cfg: Config, *, resume: bool | str = "auto") -> dict[str, Any]:
         step_time, last_logged = time.perf_counter(), state.iteration
         while state.iteration < total_iters:
             set_epoch(loader, state.epoch)
+            if hasattr(unwrap(model), "use_l1"):  # the original YOLOX: L1 loss in the final phase only
+                unwrap(model).use_l1 = cfg.data.no_aug_epochs > 0 and state.epoch >= final_phase_start
             loader.batch_sampler.start_at(state.batch_in_epoch)   # resume inside an epoch: skip what was done
             batches = iter(loader)
             while state.batch_in_epoch + accum <= batches_per_epoch and state.iteration < total_iters:
