@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from efldet.errors import UserInputError
 from efldet.models.anchors import AnchorGenerator, _grid_centers
 from efldet.models.detector import DenseDetector
+from efldet.models.postprocess import PAA_VOTING_MIN_IOU, score_voting
 from efldet.models.yolox import YOLOXDetector
 
 Detector = DenseDetector | YOLOXDetector  # what the graph supports: same features / predict_raw / decode split
@@ -199,7 +200,36 @@ class ExportableDetector(nn.Module):
         valid = top_scores > -0.5  # [N, m]: slots holding a kept candidate
         image = torch.arange(kept.shape[0], device=kept.device)[:, None].expand_as(top_box)[valid]  # [D']
         box = top_box[valid]  # [D']
-        return cand_boxes[image, box], top_scores[valid], cand_labels[image, box], image
+        det_boxes, det_labels = cand_boxes[image, box], cand_labels[image, box]  # [D', 4], [D']
+        voting_sigma = getattr(det, "voting_sigma", None)  # PAA's score voting after NMS
+        if voting_sigma is not None:
+            weight = cand_scores[image] * (cand_scores[image] > det.test_score_thresh)  # [D', D]: candidates
+            det_boxes = _vote(det_boxes, det_labels, cand_boxes[image], weight, cand_labels[image], voting_sigma)
+            x = det_boxes[:, 0::2].clamp(min=0.0, max=width)  # [D', 2]
+            y = det_boxes[:, 1::2].clamp(min=0.0, max=height)  # [D', 2]
+            det_boxes = torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)  # [D', 4]
+        return det_boxes, top_scores[valid], det_labels, image
+
+
+def _vote(boxes: Tensor, labels: Tensor, cand_boxes: Tensor, cand_scores: Tensor, cand_labels: Tensor,
+          sigma: float) -> Tensor:
+    """`efldet.models.postprocess.score_voting` batched over detections, each with its own image's candidates:
+    boxes [D', 4], labels [D'], cand_boxes [D', D, 4], cand_scores [D', D] (0 for non-candidates), cand_labels
+    [D', D] -> voted boxes [D', 4]. In float64, as `score_voting`: the exp(-(1 - IoU)^2 / sigma) weights magnify
+    float32 rounding of the IoUs, and the weighted mean runs over up to thousands of candidates."""
+    out_dtype = boxes.dtype
+    boxes, cand_boxes, cand_scores = boxes.double(), cand_boxes.double(), cand_scores.double()
+    top_left = torch.maximum(boxes[:, None, :2], cand_boxes[..., :2])  # [D', D, 2]
+    bottom_right = torch.minimum(boxes[:, None, 2:], cand_boxes[..., 2:])  # [D', D, 2]
+    inter = (bottom_right - top_left).clamp(min=0.0).prod(dim=2)  # [D', D]
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(dim=1)  # [D']
+    cand_area = (cand_boxes[..., 2:] - cand_boxes[..., :2]).prod(dim=2)  # [D', D]
+    iou = inter / (area[:, None] + cand_area - inter).clamp(min=1e-12)  # [D', D]
+    weight = torch.exp(-((1.0 - iou) ** 2) / sigma) * cand_scores  # [D', D]
+    weight = weight * ((cand_labels == labels[:, None]) & (iou > PAA_VOTING_MIN_IOU))  # [D', D]
+    total = weight.sum(dim=1, keepdim=True)  # [D', 1]
+    voted = (weight[:, :, None] * cand_boxes).sum(dim=1) / total.clamp(min=1e-300)  # [D', 4]
+    return torch.where(total > 0, voted, boxes).to(out_dtype)
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -242,6 +272,7 @@ def export_onnx(model: Detector, out: str | Path, *, input_size: tuple[int, int]
         "input": "images float32 [N,3,H,W], resized and normalised (mean/std)",
         "pre_nms_topk": str(model.test_pre_nms_topk), "score_thresh": str(float(model.test_score_thresh)),
         "nms_iou": str(float(model.test_nms_iou)), "max_per_image": str(model.test_max_per_image),
+        "voting_sigma": json.dumps(getattr(model, "voting_sigma", None)),
         **{key: value if isinstance(value, str) else json.dumps(value) for key, value in (metadata or {}).items()},
     }
     del proto.metadata_props[:]
@@ -276,11 +307,11 @@ def export_checkpoint(weights: str | Path, out: str | Path, *, input_size: tuple
 # ------------------------------------------------------------------------------------------ onnxruntime
 def detections_from_scores(scores: Tensor, boxes: Tensor, level_sizes: Sequence[int],
                            image_sizes: Sequence[tuple[int, int]], *, pre_nms_topk: int = 1000,
-                           score_thresh: float = 0.0, nms_iou: float = 0.5, max_per_image: int = 300
-                           ) -> list[dict[str, Tensor]]:
+                           score_thresh: float = 0.0, nms_iou: float = 0.5, max_per_image: int = 300,
+                           voting_sigma: float | None = None) -> list[dict[str, Tensor]]:
     """The detector's post-processing on the outputs of a graph exported without NMS: scores [N, K, C] and boxes
     [N, K, 4] -> N dicts of `boxes` [D, 4] (clipped), `scores` [D] (descending) and `labels` [D], the same
-    detections as `efldet.models.postprocess_detections` on the logits."""
+    detections as `efldet.models.postprocess_detections` on the logits (PAA's score voting with `voting_sigma`)."""
     from torchvision.ops import batched_nms, clip_boxes_to_image
 
     cand_scores, cand_labels, cand_boxes = top_candidates(scores, boxes, level_sizes, pre_nms_topk)  # [N, D]...
@@ -292,7 +323,12 @@ def detections_from_scores(scores: Tensor, boxes: Tensor, level_sizes: Sequence[
             above = det_scores > score_thresh
             det_scores, det_labels, det_boxes = det_scores[above], det_labels[above], det_boxes[above]
         kept = batched_nms(det_boxes, det_scores, det_labels, nms_iou)[:max_per_image]
-        results.append({"boxes": det_boxes[kept], "scores": det_scores[kept], "labels": det_labels[kept]})
+        kept_boxes = det_boxes[kept]  # [D', 4]
+        if voting_sigma is not None:  # PAA
+            kept_boxes = score_voting(kept_boxes, det_labels[kept], det_boxes, det_scores, det_labels,
+                                      sigma=voting_sigma)
+            kept_boxes = clip_boxes_to_image(kept_boxes, (height, width))
+        results.append({"boxes": kept_boxes, "scores": det_scores[kept], "labels": det_labels[kept]})
     return results
 
 
@@ -344,7 +380,7 @@ class OnnxDetector:
         return detections_from_scores(
             out["scores"], out["boxes"], out["level_sizes"].tolist(), [(height, width)] * n,
             pre_nms_topk=meta["pre_nms_topk"], score_thresh=meta["score_thresh"], nms_iou=meta["nms_iou"],
-            max_per_image=meta["max_per_image"])
+            max_per_image=meta["max_per_image"], voting_sigma=meta.get("voting_sigma"))
 
 
 def _decode(value: str) -> Any:

@@ -1,5 +1,5 @@
-"""One-stage detectors: ATSS with the IoU branch (the paper's improved baseline), ATSS, RetinaNet, FCOS, YOLOX-IP
-(Appendix A) and the original YOLOX."""
+"""One-stage detectors: ATSS with the IoU branch (the paper's improved baseline), ATSS, RetinaNet, FCOS, PAA,
+YOLOX-IP (Appendix A) and the original YOLOX."""
 
 from efldet.models.anchors import AnchorGenerator, PointGenerator
 from efldet.models.assigners import BACKGROUND, IGNORE, atss_assign, fcos_assign, max_iou_assign, simota_assign
@@ -24,10 +24,12 @@ from efldet.models.build import (
 from efldet.models.detector import DenseDetector
 from efldet.models.heads import DenseHead, YOLOXHead, concat_levels
 from efldet.models.necks import FPN, PAFPN
+from efldet.models.paa import PAADetector
 from efldet.models.postprocess import postprocess_detections
 from efldet.models.yolox import SoftTargetBCELoss, YOLOXDetector
 
 __all__ = [
+    "PAADetector",
     "PAFPN",
     "YOLOX_DETECTORS",
     "YOLOX_SIZES",

@@ -32,6 +32,7 @@ from efldet.models.backbones import YOLOX_SIZES, CSPDarknet, ResNet, TinyBackbon
 from efldet.models.detector import DenseDetector
 from efldet.models.heads import DenseHead, YOLOXHead
 from efldet.models.necks import FPN, PAFPN
+from efldet.models.paa import PAADetector
 from efldet.models.yolox import SoftTargetBCELoss, YOLOXDetector
 
 _RETINANET_SCALES = (4.0, 4.0 * 2 ** (1 / 3), 4.0 * 2 ** (2 / 3))
@@ -47,6 +48,9 @@ DETECTORS: dict[str, dict] = {
     # RetinaNet (Lin et al. 2017): 9 anchors, IoU 0.5 / 0.4, no quality branch
     "retinanet": {"priors": "anchor", "assigner": "max_iou", "quality": "none", "scales": _RETINANET_SCALES,
                   "ratios": (0.5, 1.0, 2.0), "topk": None},
+    # PAA (Kim & Lee 2020): one anchor of scale 8, max-IoU 0.1 initial matching, then per-GT two-component GMM
+    # re-assignment of the top-9-per-level candidates by (focal + GIoU) score; IoU branch; score voting at test time
+    "paa": {"priors": "anchor", "assigner": "paa", "quality": "iou", "scales": (8.0,), "ratios": (1.0,), "topk": 9},
     # FCOS with centre sampling (as in the ATSS paper's FCOS), centerness on the box tower
     "fcos": {"priors": "point", "assigner": "fcos", "quality": "centerness", "scales": None, "ratios": None,
              "topk": None},
@@ -121,6 +125,8 @@ class AssignerConfig:
     fg_iou: float = 0.5  # RetinaNet: IoU at or above -> foreground
     bg_iou: float = 0.4  # RetinaNet: IoU below -> background (in between: ignored)
     center_radius: float = 1.5  # FCOS centre sampling radius in strides
+    paa_topk: int | None = None  # PAA candidates per level and GT; None = detector's (paa: 9)
+    paa_init_iou: float = 0.1  # PAA initial max-IoU matching threshold (foreground and background)
 
 
 @dataclass
@@ -154,7 +160,7 @@ class TestConfig:
 
 @dataclass
 class DetectorConfig:
-    name: str = "atss_iou"  # atss_iou (improved baseline) | atss | retinanet | fcos | yolox_ip (Appendix A) | yolox
+    name: str = "atss_iou"  # atss_iou (improved baseline) | atss | retinanet | fcos | paa | yolox_ip | yolox
     num_classes: int = 1203  # foreground classes C (LVIS v1: 1203)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
@@ -261,6 +267,8 @@ def build_detector(cfg: DetectorConfig) -> DenseDetector | YOLOXDetector:
         assigner = functools.partial(atss_assign, topk=topk)
     elif preset["assigner"] == "max_iou":
         assigner = functools.partial(max_iou_assign, fg_iou=cfg.assigner.fg_iou, bg_iou=cfg.assigner.bg_iou)
+    elif preset["assigner"] == "paa":
+        assigner = None  # PAADetector: its initial max-IoU matching at assigner.paa_init_iou, then the GMM
     else:
         assigner = functools.partial(
             fcos_assign, strides=neck.strides, center_radius=cfg.assigner.center_radius
@@ -269,7 +277,12 @@ def build_detector(cfg: DetectorConfig) -> DenseDetector | YOLOXDetector:
     l1_weight = cfg.loss.l1_weight if cfg.loss.l1_weight is not None else preset.get("l1_weight", 0.0)
     if not l1_weight >= 0:
         raise UserInputError(f"loss.l1_weight must be >= 0, got {l1_weight}")
-    return DenseDetector(
+    detector_class, extra = DenseDetector, {}
+    if preset["assigner"] == "paa":
+        topk = cfg.assigner.paa_topk if cfg.assigner.paa_topk is not None else preset["topk"]
+        detector_class, extra = PAADetector, {"topk": topk, "init_iou": cfg.assigner.paa_init_iou}
+    return detector_class(
+        **extra,
         backbone=backbone, neck=neck, head=head, prior_generator=priors, assigner=assigner,
         cls_loss=build_cls_loss(cfg.loss, cfg.num_classes), num_classes=cfg.num_classes,
         box_coder_weights=cfg.loss.box_coder_weights, box_loss_weight=cfg.loss.box_weight,
