@@ -62,6 +62,7 @@ class OptimConfig:
     bias_weight_decay: float = 1e-4  # weight decay of the other biases
     cls_bias_weight_decay: float | None = None  # decay of the last classification layer's bias (YOLOX-IP: 1e-4)
     warmup_iters: int = 6000  # linear warm-up length in iterations (stabilized setting)
+    warmup_epochs: float | None = None  # warm-up length in epochs instead (YOLOX: 5); overrides warmup_iters when set
     warmup_ratio: float = 0.001  # warm-up starts at warmup_ratio x lr
     schedule: str = "multistep"  # "multistep" (x gamma at each milestone epoch) | "cosine" (to min_lr_ratio)
     milestones: tuple[int, ...] = (16, 22)  # multistep: epochs after which lr is multiplied by gamma

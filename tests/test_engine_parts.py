@@ -41,6 +41,14 @@ def test_parameter_groups_decay_weights_not_norms_and_yolox_cls_bias():
     assert "cls_bias" not in {g["name"] for g in parameter_groups(model, OptimConfig())}
 
 
+def test_lr_schedule_warmup_in_epochs_overrides_iterations():
+    cfg = OptimConfig(lr=0.01, warmup_iters=6000, warmup_epochs=5, warmup_ratio=0.0, schedule="cosine")
+    schedule = LRSchedule(cfg, iters_per_epoch=10, total_iters=1000)
+    assert schedule.warmup_iters == 50
+    assert schedule.factor(25) == pytest.approx(0.5 * schedule.factor(50), rel=1e-2)  # halfway up the ramp
+    assert schedule.factor(50) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.05)))  # ramp done, cosine
+
+
 def test_lr_schedule_warmup_multistep_and_cosine():
     cfg = OptimConfig(lr=0.02, warmup_iters=100, warmup_ratio=0.001, milestones=(2, 3), gamma=0.1)
     schedule = LRSchedule(cfg, iters_per_epoch=100, total_iters=400)

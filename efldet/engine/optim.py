@@ -64,7 +64,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
 class LRSchedule:
     """lr(iteration) = lr * warm-up factor * schedule factor.
 
-    Warm-up: linear from warmup_ratio to 1 over `warmup_iters` iterations. Schedule by epoch (fractional epochs
+    Warm-up: linear from warmup_ratio to 1 over `warmup_iters` iterations (`warmup_epochs` epochs when set). Schedule by epoch (fractional epochs
     = iteration / iters_per_epoch): multistep multiplies by gamma after each milestone epoch; cosine decays from
     1 to min_lr_ratio over the whole run.
     """
@@ -78,12 +78,14 @@ class LRSchedule:
         self.cfg = cfg
         self.iters_per_epoch = iters_per_epoch
         self.total_iters = total_iters
+        self.warmup_iters = (cfg.warmup_iters if cfg.warmup_epochs is None
+                             else round(cfg.warmup_epochs * iters_per_epoch))  # in iterations
 
     def factor(self, iteration: int) -> float:
         cfg = self.cfg
         warmup = 1.0
-        if iteration < cfg.warmup_iters:
-            alpha = iteration / cfg.warmup_iters
+        if iteration < self.warmup_iters:
+            alpha = iteration / self.warmup_iters
             warmup = cfg.warmup_ratio * (1 - alpha) + alpha
         if cfg.schedule == "multistep":
             epoch = iteration / self.iters_per_epoch
