@@ -64,9 +64,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
 class LRSchedule:
     """lr(iteration) = lr * warm-up factor * schedule factor.
 
-    Warm-up: linear from warmup_ratio to 1 over `warmup_iters` iterations (`warmup_epochs` epochs when set). Schedule by epoch (fractional epochs
-    = iteration / iters_per_epoch): multistep multiplies by gamma after each milestone epoch; cosine decays from
-    1 to min_lr_ratio over the whole run.
+    Warm-up: linear from warmup_ratio to 1 over `warmup_iters` iterations (`warmup_epochs` epochs when set).
+    Schedule by epoch (fractional epochs = iteration / iters_per_epoch): multistep multiplies by gamma after each
+    milestone epoch; cosine decays from 1 to min_lr_ratio over the whole run.
     """
 
     def __init__(self, cfg: OptimConfig, *, iters_per_epoch: int, total_iters: int) -> None:

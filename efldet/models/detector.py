@@ -292,6 +292,6 @@ class DenseDetector(nn.Module):
         cls, box_reg, quality = self.predict_raw(feats)
         priors = self.priors(feats)
         if self.training:
-            matched = self.assign(priors, targets)
+            matched = self.assign(priors, targets, cls, box_reg, quality)  # predictions: for PAA's assignment
             return self.compute_losses(cls, box_reg, quality, priors, matched, targets)
         return self.postprocess(cls, box_reg, quality, priors, sizes)

@@ -6,8 +6,8 @@ the initial IoU matching.
 What differs from `DenseDetector` (everything else - head, IoU branch, GIoU weighted by the IoU target, the
 classification loss `model.cls_loss` (focal, EFL, ...) and its normaliser - is inherited unchanged):
 - training: `self.assigner` is PAA's initial matching (max IoU >= 0.1, see `efldet.models.assigners.paa`);
-  `compute_losses` first re-assigns it with `paa_reassign` from the (detached) predictions of the same forward,
-  then computes the usual losses, with the IoU-branch loss scaled by `quality_loss_weight` (reference: 0.5);
+  `assign`, given the (detached) predictions of the same forward, re-assigns it with `paa_reassign`; the usual
+  losses follow, with the IoU-branch loss scaled by `quality_loss_weight` (reference: 0.5);
 - inference: the kept boxes are refined by PAA's score voting over the pre-NMS candidates
   (`postprocess_detections`, sigma 0.025); scores and labels are those of `postprocess_detections`.
 The reference's training GIoU weight 1.3 (REG_LOSS_WEIGHT) is the inherited `box_loss_weight`.
@@ -133,6 +133,15 @@ class PAADetector(DenseDetector):
         scores = self.anchor_scores(cls, box_reg, priors, initial, targets)  # [N, K]
         return paa_assign(initial, scores, [p.shape[0] for p in priors], topk=self.topk, max_iter=self.gmm_max_iter)
 
+    def assign(self, priors: list[Tensor], targets: list[dict[str, Tensor]], cls: Tensor | None = None,
+               box_reg: Tensor | None = None, quality: Tensor | None = None) -> Tensor:
+        """PAA's assignment [N, K] (GT index per anchor, -1 background, -2 ignored) from the predictions of
+        `predict_raw` (cls [N, K, C], box_reg [N, K, 4]); without them, the initial max-IoU matching alone."""
+        initial = super().assign(priors, targets)
+        if cls is None or box_reg is None:
+            return initial
+        return self.paa_reassign(cls, box_reg, priors, initial, targets)
+
     def compute_losses(
         self,
         cls: Tensor,
@@ -142,10 +151,9 @@ class PAADetector(DenseDetector):
         matched: Tensor,
         targets: list[dict[str, Tensor]],
     ) -> dict[str, Tensor]:
-        """`matched` [N, K] is the initial IoU matching (`self.assigner`): re-assign it by PAA from these
-        predictions, then `DenseDetector.compute_losses` on the PAA assignment."""
-        assigned = self.paa_reassign(cls, box_reg, priors, matched, targets)
-        losses = super().compute_losses(cls, box_reg, quality, priors, assigned, targets)
+        """`DenseDetector.compute_losses` on PAA's assignment `matched` (see `assign`), with the IoU-branch loss
+        scaled by `quality_loss_weight`."""
+        losses = super().compute_losses(cls, box_reg, quality, priors, matched, targets)
         if "loss_quality" in losses:
             losses["loss_quality"] = losses["loss_quality"] * self.quality_loss_weight
         return losses
