@@ -143,6 +143,7 @@ class DenseDetector(nn.Module):
         self.test_score_thresh = test_score_thresh
         self.test_nms_iou = test_nms_iou
         self.test_max_per_image = test_max_per_image
+        self.voting_sigma: float | None = None  # score voting after NMS: PAA's (`PAADetector` sets it), else off
 
     # ------------------------------------------------------------------------------------------ pieces
     def features(self, images: Tensor) -> list[Tensor]:
@@ -272,7 +273,7 @@ class DenseDetector(nn.Module):
         return postprocess_detections(
             cls, boxes, quality if self.head.quality != "none" else None, [p.shape[0] for p in priors],
             image_sizes, pre_nms_topk=self.test_pre_nms_topk, score_thresh=self.test_score_thresh,
-            nms_iou=self.test_nms_iou, max_per_image=self.test_max_per_image,
+            nms_iou=self.test_nms_iou, max_per_image=self.test_max_per_image, voting_sigma=self.voting_sigma,
         )
 
     # ------------------------------------------------------------------------------------------ forward

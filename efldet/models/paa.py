@@ -8,8 +8,8 @@ classification loss `model.cls_loss` (focal, EFL, ...) and its normaliser - is i
 - training: `self.assigner` is PAA's initial matching (max IoU >= 0.1, see `efldet.models.assigners.paa`);
   `assign`, given the (detached) predictions of the same forward, re-assigns it with `paa_reassign`; the usual
   losses follow, with the IoU-branch loss scaled by `quality_loss_weight` (reference: 0.5);
-- inference: the kept boxes are refined by PAA's score voting over the pre-NMS candidates
-  (`postprocess_detections`, sigma 0.025); scores and labels are those of `postprocess_detections`.
+- inference: `voting_sigma` (0.025) is set, so `DenseDetector.postprocess` refines the kept boxes by PAA's score
+  voting over the pre-NMS candidates (`postprocess_detections`); scores and labels do not change.
 The reference's training GIoU weight 1.3 (REG_LOSS_WEIGHT) is the inherited `box_loss_weight`.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,7 +34,7 @@ from efldet.models.assigners.paa import (
     paa_assign,
 )
 from efldet.models.detector import Assigner, DenseDetector
-from efldet.models.postprocess import PAA_VOTING_SIGMA, postprocess_detections
+from efldet.models.postprocess import PAA_VOTING_SIGMA
 
 PAA_QUALITY_LOSS_WEIGHT = 0.5  # weight of the IoU-prediction BCE (reference configs: IOU_LOSS_WEIGHT 0.5)
 PAA_BOX_LOSS_WEIGHT = 1.3  # training GIoU weight (reference configs: REG_LOSS_WEIGHT 1.3)
@@ -157,19 +156,3 @@ class PAADetector(DenseDetector):
         if "loss_quality" in losses:
             losses["loss_quality"] = losses["loss_quality"] * self.quality_loss_weight
         return losses
-
-    def postprocess(
-        self,
-        cls: Tensor,
-        box_reg: Tensor,
-        quality: Tensor | None,
-        priors: list[Tensor],
-        image_sizes: Sequence[tuple[int, int]],
-    ) -> list[dict[str, Tensor]]:
-        """`DenseDetector.postprocess` plus PAA's score voting of the kept boxes (unless `voting_sigma` is None)."""
-        boxes = self.decode(torch.cat(priors), box_reg, self._prior_strides(priors))  # [N, K, 4]
-        return postprocess_detections(
-            cls, boxes, quality if self.head.quality != "none" else None, [p.shape[0] for p in priors],
-            image_sizes, pre_nms_topk=self.test_pre_nms_topk, score_thresh=self.test_score_thresh,
-            nms_iou=self.test_nms_iou, max_per_image=self.test_max_per_image, voting_sigma=self.voting_sigma,
-        )
