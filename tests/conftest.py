@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,3 +32,12 @@ def tiny_overrides(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
 def tiny_config_args(tiny_dataset, tmp_path):
     """(config path, overrides) for a run under tmp_path/run."""
     return str(REPO / "configs" / "synthetic" / "tiny.yaml"), tiny_overrides(tiny_dataset, tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one intra-op thread than on two shared cores (used with `pytestmark`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,13 +23,7 @@ from efldet.models.build import BackboneConfig, HeadConfig, NeckConfig  # noqa: 
 FAMILIES = ("atss_iou", "atss", "retinanet", "fcos", "paa", "yolox_ip", "yolox")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is ~50x faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (conftest)
 
 
 def tiny_detector(name: str, seed: int = 0) -> torch.nn.Module:

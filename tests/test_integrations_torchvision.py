@@ -17,13 +17,7 @@ NUM_CLASSES = 6  # torchvision's count: background 0 + foreground labels 1..5
 STATS_KEY = {"retinanet": "head.classification_head.cls_loss", "fcos": "head.cls_loss"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small inputs: one intra-op thread is much faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (conftest)
 
 
 def build(kind: str) -> torch.nn.Module:

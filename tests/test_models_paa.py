@@ -20,12 +20,7 @@ from efldet.models.postprocess import score_voting
 skm = pytest.importorskip("sklearn.mixture")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (conftest)
 
 
 def sklearn_gmm(samples: np.ndarray):

@@ -21,14 +21,7 @@ from efldet.models.assigners.simota import (
 )
 from efldet.models.yolox import SoftTargetBCELoss, YOLOXDetector
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread than on two shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (conftest)
 
 
 def grid(size: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,14 +23,7 @@ from efldet.models.detector import iou_loss
 from efldet.models.heads import YOLOXHead
 from efldet.models.necks import PAFPN
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread than on two shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (conftest)
 
 
 def yolox_cfg(size: str = "nano", num_classes: int = 3, **kwargs) -> DetectorConfig:
