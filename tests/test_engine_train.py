@@ -166,6 +166,7 @@ def test_sigterm_writes_a_checkpoint_before_exiting(tiny_dataset, tmp_path):
     assert 1 <= ckpt["iteration"] < 100000
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_yolox_final_phase_switches_off_strong_augmentation_and_on_the_l1_loss(tiny_dataset, tmp_path, monkeypatch):
     """Original YOLOX with Mosaic / MixUp for 2 epochs of 10 iterations, the last one without them and with L1."""
     from efldet.models.yolox import YOLOXDetector
