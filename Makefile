@@ -18,9 +18,14 @@ $(VENV)/.efldet-installed: $(VENV)/.torch-installed pyproject.toml
 	$(PIP) install --quiet -e ".[test,tensorboard,export]" $(TORCH_PIN)
 	touch $@
 
+# The optional Ultralytics extra (AGPL-3.0, never vendored) for the integration tests only; `make demo` skips it.
+$(VENV)/.ultralytics-installed: $(VENV)/.efldet-installed
+	$(PIP) install --quiet -e ".[ultralytics]" $(TORCH_PIN)
+	touch $@
+
 setup: $(VENV)/.efldet-installed
 
-test: setup
+test: setup $(VENV)/.ultralytics-installed
 	$(PY) -m ruff check efldet tests benchmarks
 	$(PY) -m pytest -q -p no:cacheprovider tests
 

@@ -94,9 +94,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         MAX_CLASSES,
     )
 
-    p = sub.add_parser("data", help="make the synthetic long-tailed dataset, or describe an annotation file",
+    p = sub.add_parser("data", help="make the synthetic long-tailed dataset, describe an annotation file, or "
+                       "export a dataset to the YOLO layout",
                        description="Data tools: `synth` writes the synthetic long-tailed benchmark, `stats` "
-                       "describes a COCO/LVIS annotation file.")
+                       "describes a COCO/LVIS annotation file, `export-yolo` writes the Ultralytics YOLO layout.")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     s = data_sub.add_parser(
         "synth", help="write the synthetic long-tailed detection benchmark (PNG images + LVIS-format json)",
@@ -129,6 +130,21 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--rfs-rounding", choices=("ceil", "stochastic", "floor", "round"), default="ceil",
                    help="rounding of r_i (default ceil)")
     t.add_argument("--json", action="store_true", help="print one json object instead")
+    y = data_sub.add_parser(
+        "export-yolo", help="convert a COCO/LVIS-format dataset to the Ultralytics YOLO layout (images, labels, yaml)",
+        description="Write OUT/images/{train,val} (image files linked, not re-encoded), OUT/labels/{train,val} "
+        "(one `class cx cy w h` line per box, normalised) and OUT/dataset.yaml (path, train, val, names). The class "
+        "index is efldet's label: categories sorted by json id. --data is a directory with train.json and val.json "
+        "(the layout of `efldet data synth`) or one json file (exported as train, and used as val too).",
+    )
+    y.add_argument("--data", required=True, metavar="DIR_OR_JSON",
+                   help="dataset directory (train.json, val.json, file names relative to it) or one json file")
+    y.add_argument("--out", required=True, metavar="DIR", help="output directory (created if absent)")
+    y.add_argument("--image-root", metavar="DIR", help="directory the json file names are relative to (default: "
+                   "the dataset directory, or the json file's folder)")
+    y.add_argument("--link", choices=("auto", "hardlink", "symlink", "copy"), default="auto",
+                   help="how images are placed (default auto: hard link, else symbolic link, else copy)")
+    y.add_argument("--overwrite", action="store_true", help="replace the images/labels of an earlier export in OUT")
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -201,7 +217,17 @@ def _run_data(args: argparse.Namespace) -> int:
               f"{kind}epoch length {epoch:,.0f} images ({epoch / n:.2f} x), {rfs['images_repeated']:,} "
               f"images repeated, max r_i {rfs['max_repeat_factor']:.2f}")
         return 0
-    raise UserInputError("efldet data needs a subcommand: synth or stats (see efldet data --help)")
+    if args.data_command == "export-yolo":
+        from efldet.data.yolo_export import export_yolo
+
+        result = export_yolo(args.data, args.out, image_root=args.image_root, link=args.link,
+                             overwrite=args.overwrite)
+        for split, count in result.images.items():
+            print(f"{split}: {count} images ({result.link_modes[split]}), {result.boxes[split]} boxes")
+        print(f"wrote {result.yaml_path} ({len(result.names)} classes); train with e.g. "
+              f"yolo detect train data={result.yaml_path} model=yolov8n.yaml")
+        return 0
+    raise UserInputError("efldet data needs a subcommand: synth, stats or export-yolo (see efldet data --help)")
 
 
 # ----------------------------------------------------------------------------------------------- analyze
