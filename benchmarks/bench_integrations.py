@@ -4,14 +4,18 @@
 
 Data: `efldet data synth` defaults (40 categories: 11 rare, 16 common, 13 frequent; 2,000 train / 400 val images
 of 128 px), generated into OUT/data unless --data names one, and exported with `efldet data export-yolo`.
+Both hosts sample training images by repeat factor sampling with t = --rfs-threshold (default 0.05 = 100 / 2,000
+images, the synthetic configs' setting; the paper trains every detector with RFS): 2,855 images per epoch.
 Rows (`--rows`, see ROWS below):
 
     Ultralytics YOLOv8n built from yolov8n.yaml, from scratch, 128 px, batch 16, SGD lr0 0.01, --yolo-epochs
         epochs (warm-up 1 epoch; Ultralytics' other defaults, i.e. its augmentation, TAL, box/DFL losses, EMA),
-        with the host's BCE or an efldet loss through `efldet.integrations.ultralytics` (YoloLossConfig).
+        with the host's BCE or an efldet loss through `efldet.integrations.ultralytics` (YoloLossConfig). RFS: the
+        export's train_rfs.txt (`export-yolo --rfs-threshold`).
     torchvision RetinaNet on efldet's TinyBackbone + torchvision FPN (64 channels, P3-P7) and a GN head, from
-        scratch, 128 px, batch 8, SGD lr 0.01, warm-up 100 iterations, cosine to 0.05 lr, clipping 35, flips,
-        --tv-iters iterations, with torchvision's focal loss or an efldet loss through `use_efldet_loss`.
+        scratch, 128 px, batch 8, SGD lr --tv-lr, warm-up 100 iterations, cosine to 0.05 lr, clipping 35, flips,
+        --tv-iters iterations (the defaults are configs/synthetic/demo.yaml's schedule), with torchvision's focal
+        loss or an efldet loss through `use_efldet_loss`.
 
 Evaluation: the final weights on the val set, class-aware NMS, top 300 per image, LVIS protocol (efldet's
 evaluator), AP/APr/APc/APf in percent; mean and half-range ("±") over seeds. Every run is a subprocess writing
@@ -53,6 +57,10 @@ ROWS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
                   {"loss": "eqfl", "scale_factor": 4.0, "normalizer": "target_scores_sum"}),
     "yolo_eqfl_fg": ("Ultralytics YOLOv8n", "EQFL s=4 on TAL scores, / #fg",
                      {"loss": "eqfl", "scale_factor": 4.0, "normalizer": "foreground"}),
+    "yolo_eqfl_b05": ("Ultralytics YOLOv8n", "EQFL s=4, gamma_b=0.5 on TAL scores, / sum of scores",
+                      {"loss": "eqfl", "scale_factor": 4.0, "gamma_b": 0.5, "normalizer": "target_scores_sum"}),
+    "yolo_qfl_b05": ("Ultralytics YOLOv8n", "QFL beta=0.5 (EQFL s=0) on TAL scores, / sum of scores",
+                     {"loss": "qfl", "gamma_b": 0.5, "normalizer": "target_scores_sum"}),
     "tv_focal": ("torchvision RetinaNet", "focal (host default)", None),
     "tv_efl": ("torchvision RetinaNet", "EFL s=8", {"scale_factor": 8.0}),
     "tv_efl_s4": ("torchvision RetinaNet", "EFL s=4", {"scale_factor": 4.0}),
@@ -61,8 +69,8 @@ DEFAULT_ROWS = ("yolo_bce", "yolo_efl", "tv_focal", "tv_efl")
 
 
 # ------------------------------------------------------------------------------------------------- data
-def prepare_data(out: Path, data: Path | None) -> tuple[Path, Path]:
-    """(synthetic dataset dir, YOLO export dir), generating / exporting what is missing."""
+def prepare_data(out: Path, data: Path | None, rfs_threshold: float) -> tuple[Path, Path]:
+    """(synthetic dataset dir, YOLO export dir with train_rfs.txt), generating / exporting what is missing."""
     from efldet.data.yolo_export import export_yolo
 
     data_dir = data if data is not None else out / "data"
@@ -72,7 +80,7 @@ def prepare_data(out: Path, data: Path | None) -> tuple[Path, Path]:
         generate(str(data_dir))
     yolo_dir = out / "yolo_data"
     if not (yolo_dir / "dataset.yaml").is_file():
-        export_yolo(data_dir, yolo_dir, overwrite=True)
+        export_yolo(data_dir, yolo_dir, overwrite=True, rfs_threshold=rfs_threshold)
     return data_dir, yolo_dir
 
 
@@ -222,8 +230,8 @@ def retinanet_tiny(num_classes: int) -> Any:
                      score_thresh=0.001, detections_per_img=300)
 
 
-def run_torchvision(row: str, seed: int, data_dir: Path, run_dir: Path, iters: int, threads: int
-                    ) -> dict[str, Any]:
+def run_torchvision(row: str, seed: int, data_dir: Path, run_dir: Path, iters: int, lr: float, rfs_threshold: float,
+                    threads: int) -> dict[str, Any]:
     """Train the RetinaNet with the row's loss, predict on val, evaluate with the LVIS protocol."""
     import math
 
@@ -247,7 +255,7 @@ def run_torchvision(row: str, seed: int, data_dir: Path, run_dir: Path, iters: i
     if settings is not None:
         use_efldet_loss(model, EqualizedFocalLoss(num_classes=num_classes, **settings))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
 
     def lr_factor(it: int) -> float:
         if it < 100:
@@ -256,8 +264,8 @@ def run_torchvision(row: str, seed: int, data_dir: Path, run_dir: Path, iters: i
         return 0.05 + (1 - 0.05) * 0.5 * (1 + math.cos(math.pi * t))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    loader = build_train_loader(train_set, batch_size=8, sampler="random", seed=seed, num_workers=0,
-                                aspect_ratio_grouping=False)
+    loader = build_train_loader(train_set, batch_size=8, sampler="repeat_factor", rfs_threshold=rfs_threshold,
+                                seed=seed, num_workers=0, aspect_ratio_grouping=False)
     model.train()
     started, it, epoch = time.perf_counter(), 0, 0
     while it < iters:
@@ -292,7 +300,7 @@ def run_torchvision(row: str, seed: int, data_dir: Path, run_dir: Path, iters: i
                                     "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
     metrics = evaluate_lvis(data_dir / "val.json", results)
     out = {k: 100.0 * metrics[k] for k in KEYS}
-    out.update(train_s=train_s, iterations=iters)
+    out.update(train_s=train_s, iterations=iters, lr=lr)
     if settings is not None:
         ratio = model.head.classification_head.cls_loss.pos_neg_ratio.tolist()
         out.update(group_ratio(ratio, train_set.frequency_groups))
@@ -308,7 +316,7 @@ def run_row(row: str, seed: int, args: argparse.Namespace, data_dir: Path, yolo_
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, __file__, "--one", row, "--seed", str(seed), "--out", str(args.out),
                "--data", str(data_dir), "--yolo-epochs", str(args.yolo_epochs), "--tv-iters", str(args.tv_iters),
-               "--threads", str(args.threads)]
+               "--tv-lr", str(args.tv_lr), "--rfs-threshold", str(args.rfs_threshold), "--threads", str(args.threads)]
         started = time.perf_counter()
         with open(run_dir / "log.txt", "w") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -346,8 +354,12 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_integrations")
     parser.add_argument("--data", type=Path, help="synthetic dataset dir (default: generated into OUT/data)")
-    parser.add_argument("--yolo-epochs", type=int, default=3, help="Ultralytics epochs of 125 iterations (default 3)")
-    parser.add_argument("--tv-iters", type=int, default=600, help="torchvision iterations of 8 images (default 600)")
+    parser.add_argument("--yolo-epochs", type=int, default=6,
+                        help="Ultralytics epochs of 179 iterations with RFS (default 6)")
+    parser.add_argument("--tv-iters", type=int, default=1400, help="torchvision iterations of 8 images (default 1400)")
+    parser.add_argument("--tv-lr", type=float, default=0.02, help="torchvision SGD learning rate (default 0.02)")
+    parser.add_argument("--rfs-threshold", type=float, default=0.05,
+                        help="repeat factor sampling threshold of both hosts (default 0.05)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     parser.add_argument("--signal", action="store_true", help="only print each YOLO row's classification gradient "
                         "relative to the host BCE (on --weights or a fresh model), no training")
@@ -362,12 +374,13 @@ def main() -> int:
         if args.one.startswith("yolo"):
             result = run_yolo(args.one, args.seed, data_dir, yolo_dir, run_dir, args.yolo_epochs, args.threads)
         else:
-            result = run_torchvision(args.one, args.seed, data_dir, run_dir, args.tv_iters, args.threads)
+            result = run_torchvision(args.one, args.seed, data_dir, run_dir, args.tv_iters, args.tv_lr,
+                                     args.rfs_threshold, args.threads)
         (run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
-    data_dir, yolo_dir = prepare_data(args.out, args.data.resolve() if args.data else None)
+    data_dir, yolo_dir = prepare_data(args.out, args.data.resolve() if args.data else None, args.rfs_threshold)
     if args.signal:
         ratios = classification_signal(yolo_dir, args.weights, [r for r in args.rows if r.startswith("yolo_")])
         print("| YOLO row | positive |dL/dx| vs BCE | negative |dL/dx| vs BCE |\n|---|---:|---:|")
@@ -383,7 +396,8 @@ def main() -> int:
             rows.append(result)
             table = markdown(rows, args.rows)
             summary = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                       "yolo_epochs": args.yolo_epochs, "tv_iters": args.tv_iters, "seeds": args.seeds,
+                       "yolo_epochs": args.yolo_epochs, "tv_iters": args.tv_iters, "tv_lr": args.tv_lr,
+                       "rfs_threshold": args.rfs_threshold, "seeds": args.seeds,
                        "runs": rows, "table": table}
             (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print()

@@ -145,6 +145,12 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     y.add_argument("--link", choices=("auto", "hardlink", "symlink", "copy"), default="auto",
                    help="how images are placed (default auto: hard link, else symbolic link, else copy)")
     y.add_argument("--overwrite", action="store_true", help="replace the images/labels of an earlier export in OUT")
+    y.add_argument("--rfs-threshold", type=float, metavar="T",
+                   help="repeat factor sampling for Ultralytics: write OUT/train_rfs.txt listing training image i "
+                   "ceil(r_i) times, r_i = max(1, max over its classes of (T / f_c)^power), and train on it (LVIS: "
+                   "0.001; a small set: 100 / its number of images)")
+    y.add_argument("--rfs-power", type=float, default=0.5, metavar="P", help="power of the repeat factor "
+                   "(default 0.5)")
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -221,9 +227,12 @@ def _run_data(args: argparse.Namespace) -> int:
         from efldet.data.yolo_export import export_yolo
 
         result = export_yolo(args.data, args.out, image_root=args.image_root, link=args.link,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, rfs_threshold=args.rfs_threshold, rfs_power=args.rfs_power)
         for split, count in result.images.items():
             print(f"{split}: {count} images ({result.link_modes[split]}), {result.boxes[split]} boxes")
+        if result.train_list is not None:
+            print(f"repeat factor sampling: {result.train_list} lists {result.train_epoch_images} training images "
+                  f"per epoch ({result.images['train']} distinct)")
         print(f"wrote {result.yaml_path} ({len(result.names)} classes); train with e.g. "
               f"yolo detect train data={result.yaml_path} model=yolov8n.yaml")
         return 0

@@ -60,6 +60,28 @@ def test_export_yolo_writes_hand_computed_labels_linked_images_and_yaml(tmp_path
     assert result.images == {"train": 2, "val": 2} and result.boxes == {"train": 2, "val": 2}
 
 
+def test_export_yolo_repeat_factor_list(tmp_path, capsys):
+    write_coco(tmp_path / "src")
+    # train: image a holds both classes, b none: f_c = 1/2, so with t = 1, power 2: r_a = (1 / 0.5)^2 = 4, r_b = 1
+    result = export_yolo(tmp_path / "src", tmp_path / "out", rfs_threshold=1.0, rfs_power=2.0)
+    assert result.train_list == tmp_path / "out" / "train_rfs.txt" and result.train_epoch_images == 5
+    assert result.train_list.read_text().splitlines() == ["./images/train/a.png"] * 4 + ["./images/train/b.png"]
+    assert "train: train_rfs.txt\nval: images/val\n" in result.yaml_path.read_text()
+    # t = 0.5, power 0.5: r_a = 1 (no class below the threshold): every image once
+    result = export_yolo(tmp_path / "src", tmp_path / "out", rfs_threshold=0.5, overwrite=True)
+    assert result.train_list.read_text().splitlines() == ["./images/train/a.png", "./images/train/b.png"]
+    result = export_yolo(tmp_path / "src", tmp_path / "out", overwrite=True)  # no RFS: the stale list goes
+    assert result.train_list is None and not (tmp_path / "out" / "train_rfs.txt").exists()
+    assert "train: images/train\n" in result.yaml_path.read_text()
+    for bad, match in (({"rfs_threshold": 0.0}, "rfs-threshold must be in"), ({"rfs_threshold": 0.1, "rfs_power": 0},
+                                                                            "rfs-power must be > 0")):
+        with pytest.raises(UserInputError, match=match):
+            export_yolo(tmp_path / "src", tmp_path / "bad", **bad)
+    assert cli_main(["data", "export-yolo", "--data", str(tmp_path / "src"), "--out", str(tmp_path / "cli"),
+                     "--rfs-threshold", "1", "--rfs-power", "2"]) == 0
+    assert "lists 5 training images per epoch (2 distinct)" in capsys.readouterr().out
+
+
 def test_label_lines_drop_boxes_outside_the_image():
     lines = yolo_label_lines(np.array([[-10.0, -10.0, -1.0, 5.0], [0.0, 0.0, 8.0, 4.0]]), np.array([2, 4]), 8.0, 8.0)
     assert lines == ["4 0.500000 0.250000 1.000000 0.500000"]
@@ -158,6 +180,17 @@ def test_two_iterations_train_with_the_efldet_loss_and_save_its_statistics(yolo,
         assert saved.dtype == torch.float32  # not the fp16 of the rest of the checkpoint
         torch.testing.assert_close(saved, getattr(cls_loss.loss, name))  # exact, not an EMA average
     assert int(state["cls_loss.iterations"]) == 2
+
+
+def test_ultralytics_reads_every_line_of_the_repeat_factor_list(yolo, tmp_path):
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    write_coco(tmp_path / "src")
+    result = export_yolo(tmp_path / "src", tmp_path / "out", rfs_threshold=1.0, rfs_power=2.0)
+    data = check_det_dataset(str(result.yaml_path))
+    dataset = YOLODataset(img_path=data["train"], data=data, imgsz=64, augment=False)
+    assert [Path(f).name for f in dataset.im_files] == ["a.png"] * 4 + ["b.png"]  # duplicates kept: 4 draws of a
 
 
 def test_configuration_errors(yolo):

@@ -10,6 +10,13 @@ too). Output under `out_dir`:
     labels/{train,val}/<file>.txt one line per box: `class cx cy w h`, centre and size normalised by the image's
                                   width / height from the json, boxes clipped to the image
     dataset.yaml                  `path` (absolute out_dir), `train`, `val`, `names` ({index: name})
+    train_rfs.txt                 only with `rfs_threshold`: the training images as `./images/train/<file>` lines,
+                                  image i written ceil(r_i) times (repeat factor sampling, the paper's rounding),
+                                  and dataset.yaml's `train` names this list instead of images/train
+
+Ultralytics has no repeat factor sampling; a list with repeated lines is its documented way to give images
+weights (its dataset keeps duplicate lines), so every epoch sees image i ceil(r_i) times, in shuffled order, with
+r_i = max(1, max over the image's classes c of (t / f_c) ^ power), f_c the fraction of training images with c.
 
 The class index is efldet's contiguous label: categories sorted by json id, 0..C-1 (`LVISIndex.cat_ids[label]` is
 the json id, so detections map back to the original ids). Crowd boxes are left out (YOLO labels have no crowd
@@ -23,10 +30,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from efldet.errors import UserInputError
+
+if TYPE_CHECKING:
+    from efldet.data.lvis import LVISIndex
 
 SPLITS = ("train", "val")
 LINK_MODES = ("auto", "hardlink", "symlink", "copy")
@@ -41,6 +52,8 @@ class YoloExport:
     boxes: dict[str, int]
     names: list[str]
     link_modes: dict[str, str]  # split -> how the images were placed (hardlink / symlink / copy)
+    train_list: Path | None = None  # train_rfs.txt (with rfs_threshold), else None
+    train_epoch_images: int = 0  # lines of train_rfs.txt: images per epoch after repeat factor sampling
 
 
 def yolo_label_lines(boxes_xyxy: np.ndarray, labels: np.ndarray, width: float, height: float) -> list[str]:
@@ -91,9 +104,24 @@ def _destination_names(file_names: list[str]) -> list[str]:
     return flat
 
 
+def _write_rfs_list(index: LVISIndex, names: list[str], out_dir: Path, threshold: float, power: float
+                    ) -> tuple[Path, int]:
+    """Write out_dir/train_rfs.txt, each training image ceil(r_i) times; returns (path, number of lines)."""
+    from efldet.data.samplers import repeat_factors, round_repeat_factors
+
+    offsets, labels = index.image_labels()  # CSR: offsets [N + 1], unique labels of each image
+    factors = repeat_factors(offsets, labels, index.num_classes, threshold, power)  # float64 [N]
+    repeats = round_repeat_factors(factors, "ceil", np.random.default_rng(0))  # int64 [N]; ceil draws nothing
+    path = out_dir / "train_rfs.txt"
+    lines = [f"./images/train/{name}\n" for name, r in zip(names, repeats.tolist(), strict=True) for _ in range(r)]
+    path.write_text("".join(lines))
+    return path, len(lines)
+
+
 def _export_split(ann_file: str, image_root: str, out_dir: Path, split: str, link: str
-                  ) -> tuple[int, int, list[str], str, np.ndarray]:
-    """Write images/<split> and labels/<split>; returns (images, box lines, names, link mode, category ids)."""
+                  ) -> tuple[int, int, list[str], str, np.ndarray, LVISIndex, list[str]]:
+    """Write images/<split> and labels/<split>; returns (images, box lines, names, link mode, category ids, the
+    LVISIndex, the file names written)."""
     from efldet.data.lvis import LVISIndex  # torch-importing module: only when exporting
 
     index = LVISIndex.from_json(ann_file)
@@ -119,32 +147,41 @@ def _export_split(ann_file: str, image_root: str, out_dir: Path, split: str, lin
         num_boxes += len(lines)
         (label_dir / (os.path.splitext(name)[0] + ".txt")).write_text("".join(line + "\n" for line in lines))
     way = ways.pop() if len(ways) == 1 else "mixed" if ways else "none"
-    return len(index), num_boxes, list(index.cat_names), way, index.cat_ids
+    return len(index), num_boxes, list(index.cat_names), way, index.cat_ids, index, names
 
 
 def _yaml_text(out_dir: Path, splits: dict[str, str], names: list[str]) -> str:
+    """splits: yaml key (train / val) -> path relative to out_dir."""
     """The Ultralytics dataset yaml (names quoted with json escaping, which YAML reads as double-quoted strings)."""
     import json
 
     lines = ["# written by `efldet data export-yolo`: class index = efldet label (categories sorted by json id)",
              f"path: {json.dumps(str(out_dir.resolve()))}"]
-    lines += [f"{key}: images/{split}" for key, split in splits.items()]
+    lines += [f"{key}: {path}" for key, path in splits.items()]
     lines.append("names:")
     lines += [f"  {i}: {json.dumps(n)}" for i, n in enumerate(names)]
     return "\n".join(lines) + "\n"
 
 
 def export_yolo(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
-                link: str = "auto", overwrite: bool = False) -> YoloExport:
+                link: str = "auto", overwrite: bool = False, rfs_threshold: float | None = None,
+                rfs_power: float = 0.5) -> YoloExport:
     """Export `data` (a directory with train.json + val.json, or one json file) to the YOLO layout in `out_dir`.
 
     image_root: where `file_name`s are relative to (default: the directory itself / the json's folder).
     link: 'auto' (hard link, else symbolic link, else copy), 'hardlink', 'symlink' or 'copy'.
     overwrite: replace the images/ and labels/ folders of an earlier export in `out_dir` (else: an error).
+    rfs_threshold, rfs_power: repeat factor sampling of the train split as `train_rfs.txt` (t = 0.001 is LVIS's
+        setting; on a small set use t = 100 / N, as the synthetic configs do); None: no list, train on images/train.
     """
     data, out = Path(data), Path(out_dir)
     if link not in LINK_MODES:
         raise UserInputError(f"link mode {link!r} is not one of {', '.join(LINK_MODES)}")
+    if rfs_threshold is not None and not 0 < rfs_threshold <= 1:
+        raise UserInputError(f"--rfs-threshold must be in (0, 1] (a fraction of the training images), got "
+                             f"{rfs_threshold}")
+    if not rfs_power > 0:
+        raise UserInputError(f"--rfs-power must be > 0, got {rfs_power}")
     if data.is_dir():
         files = {split: data / f"{split}.json" for split in SPLITS}
         absent = [str(p) for p in files.values() if not p.is_file()]
@@ -153,13 +190,13 @@ def export_yolo(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_ro
                                  f"layout of `efldet data synth`); missing: {', '.join(absent)}. Or pass one json "
                                  "file")
         root = Path(image_root) if image_root is not None else data
-        yaml_splits = {"train": "train", "val": "val"}
+        yaml_splits = {"train": "images/train", "val": "images/val"}
     elif data.is_file():
         if not data.name.endswith((".json", ".json.gz")):
             raise UserInputError(f"--data {data} is not a .json / .json.gz annotation file nor a directory")
         files = {"train": data}
         root = Path(image_root) if image_root is not None else data.parent
-        yaml_splits = {"train": "train", "val": "train"}
+        yaml_splits = {"train": "images/train", "val": "images/train"}
     else:
         raise UserInputError(f"--data {data} does not exist: give a dataset directory (train.json, val.json) or a "
                              "COCO/LVIS json file")
@@ -179,10 +216,18 @@ def export_yolo(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_ro
         cache = out / "labels" / f"{split}.cache"
         if cache.exists():
             cache.unlink()
+    stale_list = out / "train_rfs.txt"
+    if stale_list.exists():
+        stale_list.unlink()
 
     images, boxes, ways, names, cat_ids = {}, {}, {}, None, None
+    train_list, epoch_images = None, 0
     for split, ann in files.items():
-        n_img, n_box, split_names, way, split_ids = _export_split(str(ann), str(root), out, split, link)
+        n_img, n_box, split_names, way, split_ids, index, files_written = _export_split(
+            str(ann), str(root), out, split, link)
+        if split == "train" and rfs_threshold is not None:
+            train_list, epoch_images = _write_rfs_list(index, files_written, out, rfs_threshold, rfs_power)
+            yaml_splits["train"] = train_list.name
         if cat_ids is not None and not np.array_equal(cat_ids, split_ids):
             raise UserInputError(f"{ann} has other categories than {files['train']}; train and val must list the "
                                  "same categories (the class index is the position in the sorted ids)")
@@ -190,4 +235,5 @@ def export_yolo(data: str | os.PathLike, out_dir: str | os.PathLike, *, image_ro
         names, cat_ids = split_names, split_ids
     yaml_path = out / "dataset.yaml"
     yaml_path.write_text(_yaml_text(out, yaml_splits, names))
-    return YoloExport(yaml_path=yaml_path, images=images, boxes=boxes, names=names, link_modes=ways)
+    return YoloExport(yaml_path=yaml_path, images=images, boxes=boxes, names=names, link_modes=ways,
+                      train_list=train_list, train_epoch_images=epoch_images)
