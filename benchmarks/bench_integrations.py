@@ -65,7 +65,7 @@ ROWS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "tv_efl": ("torchvision RetinaNet", "EFL s=8", {"scale_factor": 8.0}),
     "tv_efl_s4": ("torchvision RetinaNet", "EFL s=4", {"scale_factor": 4.0}),
 }
-DEFAULT_ROWS = ("yolo_bce", "yolo_efl", "tv_focal", "tv_efl")
+DEFAULT_ROWS = ("yolo_bce", "yolo_efl", "yolo_eqfl_b05", "tv_focal", "tv_efl")
 
 
 # ------------------------------------------------------------------------------------------------- data
