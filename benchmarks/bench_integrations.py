@@ -79,8 +79,10 @@ def prepare_data(out: Path, data: Path | None, rfs_threshold: float) -> tuple[Pa
 
         generate(str(data_dir))
     yolo_dir = out / "yolo_data"
-    if not (yolo_dir / "dataset.yaml").is_file():
+    marker = yolo_dir / "rfs_threshold.txt"  # the export is reused only for the same threshold
+    if not (yolo_dir / "dataset.yaml").is_file() or not marker.is_file() or marker.read_text() != repr(rfs_threshold):
         export_yolo(data_dir, yolo_dir, overwrite=True, rfs_threshold=rfs_threshold)
+        marker.write_text(repr(rfs_threshold))
     return data_dir, yolo_dir
 
 

@@ -14,8 +14,8 @@ too). Output under `out_dir`:
                                   image i written ceil(r_i) times (repeat factor sampling, the paper's rounding),
                                   and dataset.yaml's `train` names this list instead of images/train
 
-Ultralytics has no repeat factor sampling; a list with repeated lines is its documented way to give images
-weights (its dataset keeps duplicate lines), so every epoch sees image i ceil(r_i) times, in shuffled order, with
+Ultralytics has no repeat factor sampling; a text file of image paths is one of the documented forms of `train:`,
+and its dataset keeps repeated lines (tested), so every epoch sees image i ceil(r_i) times, in shuffled order, with
 r_i = max(1, max over the image's classes c of (t / f_c) ^ power), f_c the fraction of training images with c.
 
 The class index is efldet's contiguous label: categories sorted by json id, 0..C-1 (`LVISIndex.cat_ids[label]` is
@@ -151,8 +151,8 @@ def _export_split(ann_file: str, image_root: str, out_dir: Path, split: str, lin
 
 
 def _yaml_text(out_dir: Path, splits: dict[str, str], names: list[str]) -> str:
-    """splits: yaml key (train / val) -> path relative to out_dir."""
-    """The Ultralytics dataset yaml (names quoted with json escaping, which YAML reads as double-quoted strings)."""
+    """The Ultralytics dataset yaml (names quoted with json escaping, which YAML reads as double-quoted strings);
+    splits: yaml key (train / val) -> path relative to out_dir."""
     import json
 
     lines = ["# written by `efldet data export-yolo`: class index = efldet label (categories sorted by json id)",
